@@ -1,0 +1,55 @@
+"""Shared test data: a small synthetic CelebA (always), the real sample (when ../shared is beside the repo)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_ROOT = Path(os.environ.get("CELEBA_SAMPLE", REPO.parent / "shared" / "celeba-sample" / "celeba"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A 240-image synthetic CelebA (12 identities of 20 images), made once per test session."""
+    from shard_builder.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic") / "celeba"
+    generate(root, num_images=240, seed=0, images_per_identity=20)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    if not (SAMPLE_ROOT / "img_align_celeba").is_dir():
+        pytest.skip(f"real CelebA sample not present at {SAMPLE_ROOT}")
+    return SAMPLE_ROOT
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(synthetic_root, tmp_path_factory) -> Path:
+    """Raw shards of the synthetic set, 16 samples per shard so every split has several shards."""
+    from shard_builder.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("shards") / "raw"
+    build(synthetic_root, out, BuildOptions(samples_per_shard=16, workers=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_shards(sample_root, tmp_path_factory) -> Path:
+    from shard_builder.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("sample-shards") / "raw"
+    build(sample_root, out, BuildOptions(workers=2))
+    return out
+
+
+@pytest.fixture
+def celeba_copy(synthetic_root, tmp_path) -> Path:
+    """A private, writable copy of the synthetic set that a test may damage."""
+    root = tmp_path / "celeba"
+    shutil.copytree(synthetic_root, root)
+    return root
