@@ -1,0 +1,250 @@
+"""The VAE: config, encoder, decoder, presets.
+
+Shapes for the default 64x64 input and 3 stages (channels c0, c1, c2; r = 64 / 2**3 = 8):
+
+    encoder  x [B,3,64,64] -> stem conv -> c0@64 -> {blocks, DownBlock} x3 -> c2@8 -> mid blocks
+             -> GN,SiLU,conv -> Cb@8 -> flatten [B, 8*8*Cb] -> Linear -> (mu, logvar) [B, latent]
+    decoder  z [B, latent] -> Linear -> [B, Cb, 8, 8] -> conv -> c2@8 -> mid blocks
+             -> {UpBlock, blocks} x3 -> c0@64 -> GN,SiLU,conv -> mean (and log-variance) [B,3,64,64]
+
+No global average pooling: the Linear layers see every position (seed's advice). Inputs are floats
+in the model range [-1, 1] (see likelihood.to_model_range); the decoder mean is unbounded (the
+discretized likelihood's open edge bins take care of values outside [-1, 1]).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from .blocks import DownBlock, ResNeXtBottleneck, UpBlock
+from .layers import num_groups
+
+LIKELIHOODS = ("gaussian_fixed", "gaussian_learned")
+
+
+@dataclass
+class VAEConfig:
+    image_size: int = 64
+    in_channels: int = 3
+    channels: tuple[int, ...] = (128, 256, 512)  # width of each stage; one DownBlock per stage
+    depths: tuple[int, ...] = (2, 2, 2)  # ResNeXt bottlenecks per stage
+    mid_depth: int = 1  # ResNeXt bottlenecks at the lowest resolution (encoder and decoder each)
+    latent_dim: int = 512
+    # channels of the feature map that is flattened into the Linear to/from the latent. None: the
+    # smallest multiple of 8 (at least 16) with r*r*Cb >= 2*latent_dim, so the Linear never has
+    # fewer inputs than the (mu, logvar) it must produce.
+    bottleneck_channels: int | None = None
+    likelihood: str = "gaussian_learned"  # "gaussian_fixed" | "gaussian_learned"
+    # Clamp of the learned per-pixel decoder log-variance, model units (pixels in [-1, 1], one grey
+    # level = 2/255). Low end: exp(-10/2) = 0.0067 = 0.86 grey level, i.e. the decoder may become
+    # about as certain as one quantisation bin (where the continuous density still approximates the
+    # bin's mass) but cannot drive the training NLL to -inf on saturated (0/255) pixels. High end:
+    # exp(1/2) = 1.65 > the whole data range, enough to say "no idea", while bounding how far the
+    # decoder can give up on a pixel (the seed's artifact source). The seed's (-3, 3) would floor
+    # sigma at 0.22 = 29 grey levels and cap the achievable bits/dim.
+    logvar_range: tuple[float, float] = (-10.0, 1.0)
+    # Decoder log-variance of the fixed-sigma head: sigma = exp(-4.6/2) = 0.1 (13 grey levels).
+    fixed_logvar: float = -4.6
+    # Safety clamp of the encoder's log-variance: keeps exp() finite in bf16/fp32, never binds in practice.
+    enc_logvar_range: tuple[float, float] = (-30.0, 20.0)
+    mid_ratio: float = 0.5  # ResNeXt bottleneck width / block width
+    se_ratio: float = 0.25  # SE hidden width / block width
+    layer_scale_init: float = 1e-2
+
+    def __post_init__(self):
+        # Tuples, also when the config comes back from JSON (lists).
+        self.channels = tuple(int(c) for c in self.channels)
+        self.depths = tuple(int(d) for d in self.depths)
+        self.logvar_range = tuple(float(v) for v in self.logvar_range)
+        self.enc_logvar_range = tuple(float(v) for v in self.enc_logvar_range)
+        if len(self.channels) != len(self.depths) or not self.channels:
+            raise ValueError(f"channels {self.channels} and depths {self.depths} need equal, nonzero length")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.image_size % (2 ** len(self.channels)) != 0:
+            raise ValueError(f"image_size {self.image_size} not divisible by 2**{len(self.channels)}")
+        if not self.logvar_range[0] < self.logvar_range[1]:
+            raise ValueError(f"logvar_range must be (low, high) with low < high, got {self.logvar_range}")
+        # DownBlock(c_i -> c_{i+1}) and UpBlock(c_{i+1} -> c_i) both need 4*c_i % c_{i+1} == 0.
+        widths = self.channels + self.channels[-1:]
+        for a, b in zip(widths[:-1], widths[1:]):
+            if (4 * a) % b != 0:
+                raise ValueError(
+                    f"channels {self.channels}: 4*{a} is not divisible by {b}; the DC-AE shortcuts "
+                    f"need each stage width times 4 to be a multiple of the next one"
+                )
+        if self.bottleneck_channels is None:
+            need = math.ceil(2 * self.latent_dim / self.latent_resolution**2)
+            self.bottleneck_channels = max(16, 8 * math.ceil(need / 8))
+
+    @property
+    def latent_resolution(self) -> int:
+        return self.image_size // 2 ** len(self.channels)
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * (2 if self.likelihood == "gaussian_learned" else 1)
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides) -> "VAEConfig":
+        if preset not in PRESETS:
+            raise KeyError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[preset], **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Preset name -> VAEConfig keyword arguments. Overrides (e.g. latent_dim=2048) apply on top and the
+# derived fields (bottleneck_channels) are computed afterwards, so any latent 128-2048 fits any preset.
+PRESETS: dict[str, dict] = {
+    # CPU tests and the CPU demo: fwd+bwd at batch 32 in ~0.3 s on 2 cores. Thin full-res stages because
+    # the 3x3 convs at 64x64 (after the last bilinear upsample) dominate the CPU cost.
+    "tiny": dict(channels=(16, 32, 64), depths=(1, 1, 1), mid_depth=0, latent_dim=128),
+    # The seed's budget: 3-9 GB of GPU memory at batch 32 in bf16.
+    "base": dict(channels=(128, 256, 512), depths=(2, 2, 2), mid_depth=1, latent_dim=512),
+    # Deeper, with the largest latent the seed reports working.
+    "large": dict(channels=(128, 256, 512), depths=(3, 3, 3), mid_depth=2, latent_dim=2048),
+}
+
+
+class VAEOutput(NamedTuple):
+    mu: torch.Tensor  # [B, latent] posterior mean
+    logvar: torch.Tensor  # [B, latent] posterior log-variance
+    z: torch.Tensor  # [B, latent] sample (or mu when sample_posterior=False)
+    x_mean: torch.Tensor  # [B, 3, H, W] decoder mean, model units
+    x_logvar: torch.Tensor  # [B, 3, H, W] learned, or a 0-dim tensor for the fixed head
+
+
+def _blocks(channels: int, depth: int, cfg: VAEConfig) -> nn.Sequential:
+    return nn.Sequential(
+        *[ResNeXtBottleneck(channels, cfg.mid_ratio, cfg.se_ratio, cfg.layer_scale_init) for _ in range(depth)]
+    )
+
+
+def _outside_autocast(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Run an output layer in its weights' dtype (float32) even under bf16 autocast.
+
+    bf16 keeps ~3 significant digits: near |x| = 1 that is 0.004, half a grey level, too coarse for
+    the decoder mean under a discretized likelihood, and too coarse for mu/logvar in the KL. These
+    two layers are a tiny share of the compute.
+    """
+    with torch.autocast(h.device.type, enabled=False):
+        return layer(h.to(layer.weight.dtype))
+
+
+class Encoder(nn.Module):
+    """x [B, C, H, W] in [-1, 1] -> (mu, logvar), each [B, latent_dim]."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        widths = cfg.channels + cfg.channels[-1:]
+        self.stem = nn.Conv2d(cfg.in_channels, cfg.channels[0], 3, padding=1)
+        self.stages = nn.ModuleList(
+            nn.Sequential(_blocks(widths[i], cfg.depths[i], cfg), DownBlock(widths[i], widths[i + 1]))
+            for i in range(len(cfg.channels))
+        )
+        c = widths[-1]
+        self.mid = _blocks(c, cfg.mid_depth, cfg)
+        self.norm_out = nn.GroupNorm(num_groups(c), c, eps=1e-6)
+        self.act = nn.SiLU()
+        self.conv_out = nn.Conv2d(c, cfg.bottleneck_channels, 3, padding=1)
+        flat = cfg.latent_resolution**2 * cfg.bottleneck_channels
+        self.to_latent = nn.Linear(flat, 2 * cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.stem(x)
+        for stage in self.stages:
+            h = stage(h)
+        h = self.conv_out(self.act(self.norm_out(self.mid(h))))
+        mu, logvar = _outside_autocast(self.to_latent, h.flatten(1)).chunk(2, dim=1)
+        return mu, logvar.clamp(*self.cfg.enc_logvar_range)
+
+
+class Decoder(nn.Module):
+    """z [B, latent_dim] -> (x_mean, x_logvar); x_logvar is [B, C, H, W] (learned head, clamped) or
+    a 0-dim tensor holding cfg.fixed_logvar (fixed head)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        widths = cfg.channels + cfg.channels[-1:]
+        r, cb, c = cfg.latent_resolution, cfg.bottleneck_channels, widths[-1]
+        self.from_latent = nn.Linear(cfg.latent_dim, r * r * cb)
+        self.conv_in = nn.Conv2d(cb, c, 3, padding=1)
+        self.mid = _blocks(c, cfg.mid_depth, cfg)
+        # Mirror of the encoder, lowest resolution first.
+        self.stages = nn.ModuleList(
+            nn.Sequential(UpBlock(widths[i + 1], widths[i]), _blocks(widths[i], cfg.depths[i], cfg))
+            for i in reversed(range(len(cfg.channels)))
+        )
+        c0 = cfg.channels[0]
+        self.norm_out = nn.GroupNorm(num_groups(c0), c0, eps=1e-6)
+        self.act = nn.SiLU()
+        self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        r = cfg.latent_resolution
+        h = self.from_latent(z).view(z.shape[0], cfg.bottleneck_channels, r, r)
+        h = self.mid(self.conv_in(h))
+        for stage in self.stages:
+            h = stage(h)
+        out = _outside_autocast(self.conv_out, self.act(self.norm_out(h)))
+        if cfg.likelihood == "gaussian_learned":
+            mean, logvar = out.chunk(2, dim=1)
+            return mean, logvar.clamp(*cfg.logvar_range)
+        return out, torch.full((), cfg.fixed_logvar, device=out.device, dtype=out.dtype)
+
+
+class VAE(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decoder(z)
+
+    @staticmethod
+    def reparameterize(
+        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I); pass a generator (on mu's device) for seeded draws."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def forward(
+        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
+    ) -> VAEOutput:
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar, generator) if sample_posterior else mu
+        x_mean, x_logvar = self.decode(z)
+        return VAEOutput(mu, logvar, z, x_mean, x_logvar)
+
+    @torch.no_grad()
+    def sample(
+        self, num: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Decoder means for prior draws z = temperature * eps (the seed's temperature sampling)."""
+        p = next(self.parameters())
+        eps = torch.randn((num, self.cfg.latent_dim), generator=generator, device=p.device, dtype=p.dtype)
+        return self.decode(temperature * eps)[0]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def create_vae(preset: str = "base", **overrides) -> VAE:
+    """Build a VAE from a preset name ("tiny", "base", "large") with VAEConfig field overrides."""
+    return VAE(VAEConfig.from_preset(preset, **overrides))

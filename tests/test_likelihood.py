@@ -1,0 +1,236 @@
+"""Likelihood / KL / metric math against independent computations (torch.distributions, mpmath, by hand)."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from model.likelihood import (
+    NUM_DIMS,
+    active_units,
+    bits_per_dim,
+    discretized_gaussian_nll,
+    discretized_gaussian_nll_per_pixel,
+    gaussian_nll,
+    harmonic_metric,
+    kl_diag_gaussian,
+    kl_diag_gaussian_per_dim,
+    to_model_range,
+    to_uint8,
+)
+
+ALL_BINS = torch.arange(256, dtype=torch.uint8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small tensors: a single thread avoids OpenMP thrashing on a loaded 2-core runner.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- data convention
+
+
+def test_model_range_roundtrip():
+    x = to_model_range(ALL_BINS)
+    assert x.dtype == torch.float32
+    assert x[0] == -1.0 and x[255] == 1.0
+    torch.testing.assert_close(x[1] - x[0], torch.tensor(2 / 255))
+    assert torch.equal(to_uint8(x), ALL_BINS)
+    assert torch.equal(to_uint8(torch.tensor([-3.0, 3.0])), torch.tensor([0, 255], dtype=torch.uint8))
+
+
+# ----------------------------------------------------------------------------- KL
+
+
+def test_kl_matches_torch_distributions_and_monte_carlo():
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(3, 4, generator=g)
+    logvar = torch.randn(3, 4, generator=g)
+    kl = kl_diag_gaussian(mu, logvar)
+    assert kl.shape == (3,)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    p = Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    torch.testing.assert_close(kl, kl_divergence(q, p).sum(1))
+    # Monte Carlo: KL = E_q[log q(z) - log p(z)]
+    z = q.sample((200_000,))
+    terms = (q.log_prob(z) - p.log_prob(z)).sum(-1)  # [N, 3]
+    est, stderr = terms.mean(0), terms.std(0) / math.sqrt(terms.shape[0])
+    assert ((est - kl).abs() < 5 * stderr + 1e-3).all(), (est, kl, stderr)
+
+
+def test_kl_per_dim():
+    mu, logvar = torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[0.0, 0.0, math.log(4.0)]])
+    per = kl_diag_gaussian_per_dim(mu, logvar)
+    # by hand: 0; 1/2 * 1; 1/2 (4 - 1 - ln 4)
+    torch.testing.assert_close(per, torch.tensor([[0.0, 0.5, 0.5 * (3 - math.log(4.0))]]))
+    torch.testing.assert_close(kl_diag_gaussian(mu, logvar), per.sum(1))
+
+
+# ----------------------------------------------------------------------------- continuous NLL
+
+
+def test_gaussian_nll_matches_normal_log_prob():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    mean = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    logvar = torch.rand(2, 3, 8, 8, generator=g) * 6 - 7
+    ref = -Normal(mean, torch.exp(0.5 * logvar)).log_prob(x).sum((1, 2, 3))
+    torch.testing.assert_close(gaussian_nll(x, mean, logvar), ref)
+    # scalar log-variance (fixed-sigma head): python float and 0-dim tensor
+    ref = -Normal(mean, math.exp(0.5 * -4.6)).log_prob(x).sum((1, 2, 3))
+    torch.testing.assert_close(gaussian_nll(x, mean, -4.6), ref)
+    torch.testing.assert_close(gaussian_nll(x, mean, torch.tensor(-4.6)), ref)
+
+
+# ----------------------------------------------------------------------------- discretized NLL
+
+
+def _mp_nll(k: int, mean: float, logvar: float) -> float:
+    """-log P(bin k) with 50-digit mpmath, edge bins open; reflected so no 1 - 1 cancellation."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    s = mpmath.exp(mpmath.mpf(logvar) / 2)
+    x = mpmath.mpf(k) / mpmath.mpf("127.5") - 1
+    h = mpmath.mpf(1) / 255
+    lo, hi = (x - h - mpmath.mpf(mean)) / s, (x + h - mpmath.mpf(mean)) / s
+    if k == 0:
+        mass = mpmath.ncdf(hi)
+    elif k == 255:
+        mass = mpmath.ncdf(-lo)
+    elif lo + hi <= 0:
+        mass = mpmath.ncdf(hi) - mpmath.ncdf(lo)
+    else:
+        mass = mpmath.ncdf(-lo) - mpmath.ncdf(-hi)
+    return float(-mpmath.log(mass))
+
+
+CASES = [  # (mean, logvar): centre, edges, outside [-1, 1], far tails, clamp ends and beyond
+    (0.0, -10.0),
+    (0.3, -10.0),
+    (-0.999, -12.0),
+    (0.999, -7.0),
+    (-1.5, -2.0),
+    (1.2, -8.0),
+    (5.0, -10.0),
+    (-30.0, 0.0),
+    (0.0, 1.0),
+    (0.1, 20.0),
+]
+
+
+@pytest.mark.parametrize("mean,logvar", CASES)
+def test_discretized_nll_matches_high_precision_reference(mean, logvar):
+    mean32 = float(torch.tensor(mean))  # compare at the float32 mean the function actually sees
+    # every bin (0 and 255 included) for one (mean, sigma)
+    nll = discretized_gaussian_nll_per_pixel(ALL_BINS, torch.full((256,), mean32), torch.full((256,), logvar))
+    ref = torch.tensor([_mp_nll(k, mean32, logvar) for k in range(256)], dtype=torch.float64)
+    assert torch.isfinite(nll).all()
+    rel = (nll.double() - ref).abs() / ref.clamp_min(1.0)
+    assert rel.max() < 1e-4, (rel.max(), rel.argmax())
+
+
+def test_discretized_nll_matches_float64_cdf_for_random_pixels():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (4, 3, 8, 8), generator=g, dtype=torch.uint8)
+    x[:, :, 0, 0], x[:, :, 0, 1] = 0, 255  # always include the open edge bins
+    mean = torch.rand(x.shape, generator=g) * 2.4 - 1.2
+    logvar = torch.rand(x.shape, generator=g) * 4 - 4  # sigma >= 0.135: |z| <= 17, far tails included
+    # float64 reference: CDF differences with Phi(z) = erfc(-z/sqrt 2)/2 (accurate in the left tail,
+    # unlike 1 + erf), using the mirrored bin on the right so that 1 - 1 never happens
+    mean.requires_grad_(True)
+    mu, sigma = mean.double().detach().requires_grad_(True), torch.exp(0.5 * logvar.double())
+    inf = torch.tensor(math.inf, dtype=torch.float64)
+    lo_edge = torch.where(x == 0, -inf, (x.double() - 0.5) / 127.5 - 1)  # open edge bins
+    hi_edge = torch.where(x == 255, inf, (x.double() + 0.5) / 127.5 - 1)
+    cdf = lambda e: 0.5 * torch.special.erfc(-(e - mu) / sigma / math.sqrt(2))
+    left = cdf(hi_edge) - cdf(lo_edge)
+    right = cdf(2 * mu - lo_edge) - cdf(2 * mu - hi_edge)  # P(lo < X < hi) = P(2mu - hi < X < 2mu - lo)
+    right_side = lo_edge + hi_edge > 2 * mu
+    ref = -torch.log(torch.where(right_side, right, left)).sum((1, 2, 3))
+    got = discretized_gaussian_nll(x, mean, logvar)
+    assert got.shape == (4,) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-5, atol=1e-3)
+    # gradients w.r.t. the decoder mean agree too (float64 autograd through erfc)
+    got.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(mean.grad.double(), mu.grad, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("mean", [-3.0, -1.0, -0.5, 0.0, 0.37, 1.0, 1.5, 40.0])
+@pytest.mark.parametrize("logvar", [-14.0, -10.0, -4.6, 0.0, 1.0, 25.0])
+def test_discretized_masses_sum_to_one(mean, logvar):
+    nll = discretized_gaussian_nll_per_pixel(ALL_BINS, torch.full((256,), mean), torch.tensor(logvar))
+    assert (nll >= 0).all() and torch.isfinite(nll).all()
+    assert abs(torch.exp(-nll.double()).sum().item() - 1.0) < 1e-5
+
+
+def test_discretized_nll_nonnegative_finite_with_finite_grads_at_extremes():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (2, 3, 16, 16), generator=g, dtype=torch.uint8)
+    mean = (torch.randn(x.shape, generator=g) * 20).requires_grad_(True)  # far tails on both sides
+    logvar = (torch.rand(x.shape, generator=g) * 40 - 20).requires_grad_(True)  # sigma 5e-5 .. 2e4
+    nll = discretized_gaussian_nll(x, mean, logvar)
+    assert (nll >= 0).all() and torch.isfinite(nll).all()
+    nll.sum().backward()
+    assert torch.isfinite(mean.grad).all() and torch.isfinite(logvar.grad).all()
+
+
+def test_discretized_approaches_continuous_for_wide_sigma():
+    # bin mass ~ density * bin width when sigma >> 2/255: disc ~ cont - D log(2/255) for interior pixels
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(1, 255, (2, 3, 8, 8), generator=g, dtype=torch.uint8)
+    mean, logvar = torch.zeros(x.shape), torch.full(x.shape, 2 * math.log(0.3))
+    disc = discretized_gaussian_nll(x, mean, logvar)
+    cont = gaussian_nll(to_model_range(x), mean, logvar) - x[0].numel() * math.log(2 / 255)
+    torch.testing.assert_close(disc, cont, rtol=1e-4, atol=1e-3)
+
+
+def test_likelihood_math_stays_float32_under_bf16_autocast():
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean, logvar = torch.zeros(2, 3, 4, 4, dtype=torch.bfloat16), torch.zeros(2, 3, 4, 4, dtype=torch.bfloat16)
+    mu, lv = torch.zeros(2, 8, dtype=torch.bfloat16), torch.zeros(2, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert discretized_gaussian_nll(x, mean, logvar).dtype == torch.float32
+        assert gaussian_nll(to_model_range(x), mean, logvar).dtype == torch.float32
+        assert kl_diag_gaussian(mu, lv).dtype == torch.float32
+
+
+def test_discretized_nll_requires_uint8():
+    with pytest.raises(TypeError, match="uint8"):
+        discretized_gaussian_nll(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2), torch.zeros(()))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_bits_per_dim():
+    assert NUM_DIMS == 12288
+    assert bits_per_dim(12288 * math.log(2)) == pytest.approx(1.0)
+    assert bits_per_dim(10 * math.log(2), num_dims=5) == pytest.approx(2.0)
+    torch.testing.assert_close(bits_per_dim(torch.tensor([0.0, 12288 * math.log(2)])), torch.tensor([0.0, 1.0]))
+
+
+def test_harmonic_metric_hand_values():
+    # n = 2 bits/sub-pixel, k = 0.5 bits/component -> H = 2*2*0.5 / 2.5 = 0.8
+    nll = 2 * 12288 * math.log(2)
+    kl = 0.5 * 128 * math.log(2)
+    m = harmonic_metric(nll, kl, latent_dim=128)
+    assert m.n == pytest.approx(2.0) and m.k == pytest.approx(0.5) and m.h == pytest.approx(0.8)
+    # tensors in, floats out; H = 0 when n + k = 0; H -> 0 as k -> 0 (the collapse caveat)
+    m = harmonic_metric(torch.tensor(nll), torch.tensor(kl), latent_dim=128)
+    assert isinstance(m.h, float) and m.h == pytest.approx(0.8)
+    assert harmonic_metric(0.0, 0.0, latent_dim=64).h == 0.0
+    assert harmonic_metric(nll, 0.0, latent_dim=64).h == 0.0
+    assert harmonic_metric(3.0, 6.0, latent_dim=2, num_dims=1).h == pytest.approx(
+        2 * (3 / math.log(2)) * (3 / math.log(2)) / (6 / math.log(2))
+    )
+
+
+def test_active_units():
+    assert active_units(torch.tensor([0.5, 0.001, 0.02, 0.01])) == 2  # strictly greater than 0.01
+    assert active_units(torch.tensor([0.5, 0.001, 0.02]), threshold=0.6) == 0

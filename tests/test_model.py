@@ -1,0 +1,302 @@
+"""Model tests: every layer/block on its own (timm-style, parametrised), then encoder/decoder/VAE, then presets.
+
+Sizes are tiny so the file runs in seconds on 2 CPU cores.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import PRESETS, VAE, VAEConfig, create_vae, gaussian_nll, kl_diag_gaussian
+from model.blocks import (
+    DownBlock,
+    ResNeXtBottleneck,
+    UpBlock,
+    channel_to_space_shortcut,
+    space_to_channel_shortcut,
+)
+from model.layers import ConvNormAct, LayerScale, SqueezeExcite, num_groups
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny: OpenMP sync costs more than it saves, and on a loaded 2-core runner
+    # two spinning threads thrash (measured 100x slower). Restore the setting for other test files.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+# A small 3-stage config (64 -> 32 -> 16 -> 8) that keeps every code path of the real presets.
+SMALL = dict(channels=(8, 16, 16), depths=(1, 1, 1), mid_depth=1)
+
+
+def _fwd_bwd(module, x):
+    x = x.clone().requires_grad_(True)
+    y = module(x)
+    y.float().square().mean().backward()
+    assert torch.isfinite(y).all()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for name, p in module.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    return y
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+@pytest.mark.parametrize(
+    "channels,expected",
+    [(4, 1), (8, 2), (16, 4), (32, 8), (64, 16), (96, 24), (128, 32), (256, 32), (512, 32), (3, 1)],
+)
+def test_num_groups_rule(channels, expected):
+    # 32 groups, or fewer so that each group keeps >= 4 channels
+    assert num_groups(channels) == expected
+    assert channels % expected == 0
+
+
+@pytest.mark.parametrize(
+    "cin,cout,k,stride,groups,act",
+    [(3, 16, 3, 1, 1, True), (16, 8, 1, 1, 1, True), (16, 16, 3, 1, 4, True), (16, 32, 3, 2, 1, False)],
+)
+def test_conv_norm_act(cin, cout, k, stride, groups, act):
+    m = ConvNormAct(cin, cout, kernel_size=k, stride=stride, groups=groups, act=act)
+    y = _fwd_bwd(m, torch.randn(2, cin, 8, 8))
+    assert y.shape == (2, cout, 8 // stride, 8 // stride)
+    assert m[0].groups == groups and m[0].bias is None
+    assert isinstance(m[2], torch.nn.SiLU if act else torch.nn.Identity)
+
+
+@pytest.mark.parametrize("channels", [8, 32, 128])
+def test_squeeze_excite(channels):
+    m = SqueezeExcite(channels)
+    x = torch.rand(2, channels, 4, 4) + 0.5  # away from 0 so y / x is well conditioned
+    y = _fwd_bwd(m, x)
+    assert y.shape == x.shape
+    # a per-channel gate in (0, 1): y / x is constant over space and inside (0, 1)
+    ratio = (y / x).detach()
+    assert torch.allclose(ratio, ratio[..., :1, :1].expand_as(ratio), atol=1e-5)
+    assert (ratio > 0).all() and (ratio < 1).all()
+
+
+def test_layer_scale():
+    m = LayerScale(4, init_value=0.1)
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(m(x), 0.1 * x)
+    _fwd_bwd(m, x)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+@pytest.mark.parametrize("channels", [16, 32, 64, 128])
+def test_resnext_bottleneck(channels):
+    m = ResNeXtBottleneck(channels)
+    x = torch.randn(2, channels, 8, 8)
+    y = _fwd_bwd(m, x)
+    assert y.shape == x.shape
+    mid = m.conv[0].in_channels
+    assert m.conv[0].groups == num_groups(mid)
+    assert isinstance(m.expand[2], torch.nn.Identity)  # no activation on the expand conv
+
+
+def test_resnext_bottleneck_is_identity_with_zero_layer_scale():
+    m = ResNeXtBottleneck(16, layer_scale_init=0.0)
+    x = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(m(x), x)
+
+
+@pytest.mark.parametrize("cin,cout", [(16, 16), (16, 32), (16, 64), (32, 16), (64, 128)])
+def test_down_block(cin, cout):
+    m = DownBlock(cin, cout)
+    y = _fwd_bwd(m, torch.randn(2, cin, 8, 8))
+    assert y.shape == (2, cout, 4, 4)
+
+
+@pytest.mark.parametrize("cin,cout", [(16, 16), (32, 16), (64, 16), (16, 32), (128, 64)])
+def test_up_block(cin, cout):
+    m = UpBlock(cin, cout)
+    y = _fwd_bwd(m, torch.randn(2, cin, 4, 4))
+    assert y.shape == (2, cout, 8, 8)
+
+
+@pytest.mark.parametrize("cin,cout", [(16, 48), (8, 64)])
+def test_down_block_rejects_inexact_averaging(cin, cout):
+    with pytest.raises(ValueError, match="divisible"):
+        DownBlock(cin, cout)
+
+
+@pytest.mark.parametrize("cin,cout", [(48, 16), (64, 8)])
+def test_up_block_rejects_inexact_duplication(cin, cout):
+    with pytest.raises(ValueError, match="divisible"):
+        UpBlock(cin, cout)
+
+
+def test_config_rejects_incompatible_stage_widths():
+    with pytest.raises(ValueError, match="divisible"):
+        VAEConfig(channels=(16, 48, 48), depths=(1, 1, 1))
+
+
+@pytest.mark.parametrize("cin,cout", [(4, 4), (4, 8), (4, 16), (8, 4), (6, 8)])
+def test_space_to_channel_shortcut_matches_definition(cin, cout):
+    x = torch.randn(2, cin, 6, 4)
+    y = space_to_channel_shortcut(x, cout)
+    # Definition (DC-AE 3.2): unshuffled channel u = c*4 + dy*2 + dx holds x[c, 2i+dy, 2j+dx];
+    # output channel o averages the consecutive unshuffled channels o*g .. o*g+g-1, g = 4*cin/cout.
+    g = 4 * cin // cout
+    ref = torch.zeros(2, cout, 3, 2)
+    for o in range(cout):
+        for t in range(g):
+            u = o * g + t
+            c, dy, dx = u // 4, (u % 4) // 2, u % 2
+            ref[:, o] += x[:, c, dy::2, dx::2] / g
+    torch.testing.assert_close(y, ref)
+    if cin == cout:  # averaging groups of 4 = 2x2 average pooling
+        torch.testing.assert_close(y, F.avg_pool2d(x, 2))
+
+
+@pytest.mark.parametrize("cin,cout", [(4, 4), (8, 4), (16, 4), (4, 8), (8, 6)])
+def test_channel_to_space_shortcut_matches_definition(cin, cout):
+    x = torch.randn(2, cin, 3, 2)
+    y = channel_to_space_shortcut(x, cout)
+    # Definition: duplicate each channel r = 4*cout/cin times (consecutively), then pixel_shuffle:
+    # out[o, 2i+dy, 2j+dx] = duplicated channel u = o*4 + dy*2 + dx = x[u // r, i, j].
+    r = 4 * cout // cin
+    ref = torch.zeros(2, cout, 6, 4)
+    for o in range(cout):
+        for dy in range(2):
+            for dx in range(2):
+                ref[:, o, dy::2, dx::2] = x[:, (o * 4 + dy * 2 + dx) // r]
+    torch.testing.assert_close(y, ref)
+    if cin == cout:  # duplicating each channel 4x = nearest-neighbour upsampling
+        torch.testing.assert_close(y, F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+# ----------------------------------------------------------------------------- encoder / decoder / VAE
+
+
+@pytest.mark.parametrize("latent_dim", [128, 512, 2048])
+def test_encoder_decoder_shapes(latent_dim):
+    vae = VAE(VAEConfig(latent_dim=latent_dim, **SMALL))
+    cfg = vae.cfg
+    assert cfg.latent_resolution == 8
+    # the Linear sees every position of the flattened map (no global pooling), never fewer than 2*latent
+    assert vae.encoder.to_latent.in_features == 8 * 8 * cfg.bottleneck_channels >= 2 * latent_dim
+    assert vae.decoder.from_latent.out_features == 8 * 8 * cfg.bottleneck_channels
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        mu, logvar = vae.encode(x)
+        assert mu.shape == logvar.shape == (2, latent_dim)
+        mean, lv = vae.decode(mu)
+    assert mean.shape == lv.shape == (2, 3, 64, 64)
+
+
+def test_learned_logvar_stays_inside_clamp_for_extreme_inputs():
+    cfg = VAEConfig(likelihood="gaussian_learned", latent_dim=32, **SMALL)
+    vae = VAE(cfg)
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(1e3)  # push the raw head far outside the range
+        lo, hi = cfg.logvar_range
+        for scale in (1e-3, 1.0, 1e3, 1e5):
+            z = torch.randn(4, 32) * scale
+            _, lv = vae.decode(z)
+            assert lv.min() >= lo and lv.max() <= hi
+            _, lv = vae.decode(-z)
+            assert lv.min() >= lo and lv.max() <= hi
+        # extreme images keep the encoder's log-variance finite too
+        mu, logvar = vae.encode(torch.full((2, 3, 64, 64), 1e4))
+        assert torch.isfinite(mu).all() and torch.isfinite(logvar).all()
+
+
+def test_fixed_head_returns_constant_logvar():
+    cfg = VAEConfig(likelihood="gaussian_fixed", fixed_logvar=-3.0, latent_dim=32, **SMALL)
+    vae = VAE(cfg)
+    mean, lv = vae.decode(torch.randn(2, 32))
+    assert mean.shape == (2, 3, 64, 64)
+    assert lv.dim() == 0 and lv.item() == -3.0
+    assert vae.decoder.conv_out.out_channels == 3
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian_fixed", "gaussian_learned"])
+def test_forward_backward(likelihood):
+    vae = VAE(VAEConfig(likelihood=likelihood, latent_dim=64, **SMALL))
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    out = vae(x)
+    assert out.z.shape == out.mu.shape == out.logvar.shape == (3, 64)
+    assert out.x_mean.shape == (3, 3, 64, 64)
+    loss = (gaussian_nll(x, out.x_mean, out.x_logvar) + kl_diag_gaussian(out.mu, out.logvar)).mean()
+    loss.backward()
+    for name, p in vae.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert vae.encoder.stem.weight.grad.abs().sum() > 0  # the gradient reaches the input layer
+
+
+def test_reparameterize_is_seedable_and_deterministic_mode_uses_mu():
+    vae = VAE(VAEConfig(latent_dim=16, **SMALL)).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        a = vae(x, generator=torch.Generator().manual_seed(1)).z
+        b = vae(x, generator=torch.Generator().manual_seed(1)).z
+        c = vae(x, generator=torch.Generator().manual_seed(2)).z
+        out = vae(x, sample_posterior=False)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    torch.testing.assert_close(out.z, out.mu)
+    samples = vae.sample(3, temperature=0.5, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (3, 3, 64, 64)
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian_fixed", "gaussian_learned"])
+def test_bf16_autocast_keeps_outputs_float32(likelihood):
+    vae = VAE(VAEConfig(likelihood=likelihood, latent_dim=16, **SMALL))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vae(torch.rand(2, 3, 64, 64) * 2 - 1)
+    # the body runs in bf16, the output layers in float32 (bf16 is coarser than a grey level near 1)
+    for t in out:
+        assert t.dtype == torch.float32 and torch.isfinite(t).all()
+    if likelihood == "gaussian_fixed":
+        assert out.x_logvar.item() == pytest.approx(vae.cfg.fixed_logvar)
+
+
+def test_config_roundtrip_and_overrides():
+    cfg = VAEConfig.from_preset("tiny", latent_dim=2048)
+    assert cfg.bottleneck_channels == 64  # 8*8*64 = 4096 = 2 * 2048
+    again = VAEConfig(**{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()})
+    assert again == cfg  # survives JSON (tuples -> lists)
+    with pytest.raises(KeyError):
+        create_vae("huge")
+    with pytest.raises(ValueError):
+        VAEConfig(likelihood="bernoulli")
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def test_tiny_preset_forward_backward_batch32():
+    vae = create_vae("tiny")
+    x = torch.rand(32, 3, 64, 64) * 2 - 1
+    out = vae(x)
+    loss = (gaussian_nll(x, out.x_mean, out.x_logvar) + kl_diag_gaussian(out.mu, out.logvar)).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+PARAM_BOUNDS = {"tiny": (1e5, 3e6), "base": (5e6, 5e7), "large": (1e7, 1e8)}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_build(preset):
+    vae = create_vae(preset)
+    lo, hi = PARAM_BOUNDS[preset]
+    assert lo < vae.num_params() < hi
+    with torch.no_grad():  # batch 1 only: the big presets are for the GPU
+        out = vae.eval()(torch.zeros(1, 3, 64, 64), sample_posterior=False)
+    assert out.x_mean.shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("latent_dim", [128, 2048])
+def test_any_latent_fits_any_preset(preset, latent_dim):
+    cfg = VAEConfig.from_preset(preset, latent_dim=latent_dim)
+    assert cfg.latent_resolution**2 * cfg.bottleneck_channels >= 2 * latent_dim
