@@ -39,6 +39,16 @@ def synthetic_shards(synthetic_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def synthetic_jpg_shards(synthetic_root, tmp_path_factory) -> Path:
+    """JPEG shards of the synthetic set, same samples and shard layout as `synthetic_shards`."""
+    from shard_builder.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("shards") / "jpg"
+    build(synthetic_root, out, BuildOptions(encoding="jpg", samples_per_shard=16, workers=2))
+    return out
+
+
+@pytest.fixture(scope="session")
 def sample_shards(sample_root, tmp_path_factory) -> Path:
     from shard_builder.build import BuildOptions, build
 

@@ -1,0 +1,135 @@
+"""The trainer: schedules, learning, exact resume, 2 real processes, non-finite loss, figures, checkpoints."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train.checkpoint import CheckpointError, list_checkpoints, load_vae
+from train.objective import kl_weight, lr_factor
+from train.perceptual import PerceptualError, build_perceptual
+from train.run import NonFiniteLoss, main as train_main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "tiny", "--loader", "resident", "--batch-size", "16", "--warmup-steps", "5",
+        "--log-every", "2", "--kl-anneal-steps", "20", "--compile", "off", "--precision", "fp32"]
+
+
+def _run(shards: Path, out: Path, *flags: str) -> None:
+    assert train_main(["--shards", str(shards), "--out", str(out), *TINY, *flags]) == 0
+
+
+def _training_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(checkpoint / "model.safetensors")  # Accelerate's copy of the trained (non-EMA) weights
+
+
+def test_kl_annealing_and_lr_schedules():
+    assert kl_weight(0, "linear", 1.0, 100, 0.5) == 0.0
+    assert kl_weight(50, "linear", 2.0, 100, 0.5) == pytest.approx(1.0)
+    assert kl_weight(500, "linear", 2.0, 100, 0.5) == 2.0
+    assert [kl_weight(s, "cyclical", 1.0, 100, 0.5) for s in (0, 25, 50, 99, 100, 125)] == [0, 0.5, 1, 1, 0, 0.5]
+    assert kl_weight(3, "none", 0.7, 100, 0.5) == 0.7
+    assert lr_factor(0, 10, 110, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 110, 0.1) == pytest.approx(1.0)
+    assert lr_factor(60, 10, 110, 0.1) == pytest.approx(0.55)  # half-way down the cosine
+    assert lr_factor(110, 10, 110, 0.1) == pytest.approx(0.1)
+
+
+def test_loss_falls_and_run_writes_figures_metrics_and_a_loadable_checkpoint(synthetic_shards, tmp_path):
+    out = tmp_path / "run"
+    _run(synthetic_shards, out, "--epochs", "12", "--lr", "2e-3", "--kl-anneal", "none", "--beta", "0.05")
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in steps if r["kind"] == "step"]
+    first, last = logged[0], logged[-1]
+    assert last["gaussian_nll"] < first["gaussian_nll"] - 0.5 * abs(first["gaussian_nll"]) - 5000, (first, last)
+    epochs = [r for r in steps if r["kind"] == "epoch"]
+    assert len(epochs) == 12 and epochs[-1]["valid"]["images"] == json.loads(
+        (synthetic_shards / "dataset.json").read_text())["counts"]["valid"]
+    assert 0 <= last["data_wait_share"] < 1 and last["images_per_s"] > 0
+    for name in ("loss_curves.png", "reconstructions_epoch011.png", "interpolation_epoch011.png", "samples_epoch011.png"):
+        assert (out / "figures" / name).stat().st_size > 1000, name
+    vae, meta = load_vae(out)
+    assert meta["step"] == last["step"] and vae.cfg.latent_dim == 128
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["ranks_in_sync"] and summary["world_size"] == 1
+
+
+def test_resume_equals_uninterrupted(synthetic_shards, tmp_path):
+    # 14 steps cross an epoch boundary (the synthetic train split gives about 12 batches of 16) and the stop
+    # at step 5 is mid-epoch, so loader position, RNG, optimizer, scheduler and EMA state all matter.
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    _run(synthetic_shards, straight, "--epochs", "3", "--max-steps", "14", "--no-figures")
+    _run(synthetic_shards, stopped, "--epochs", "3", "--max-steps", "5", "--no-figures")
+    _run(synthetic_shards, stopped, "--epochs", "3", "--max-steps", "14", "--no-figures", "--resume", "latest")
+    a = _training_weights(list_checkpoints(straight)[-1])
+    b = _training_weights(list_checkpoints(stopped)[-1])
+    assert list_checkpoints(stopped)[-1].name == "step-0000014"
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    ema_a, ema_b = load_file(list_checkpoints(straight)[-1] / "vae" / "model.safetensors"), load_file(
+        list_checkpoints(stopped)[-1] / "vae" / "model.safetensors")
+    for name in ema_a:
+        torch.testing.assert_close(ema_a[name], ema_b[name], rtol=0, atol=0, msg=name)
+
+
+def test_two_processes_stay_in_sync_and_write_one_checkpoint(synthetic_shards, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517",
+               str(REPO / "train" / "run.py"), "--shards", str(synthetic_shards), "--out", str(out), *TINY,
+               "--epochs", "1", "--no-figures"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"]
+    assert [p.name for p in list_checkpoints(out)] == [f"step-{summary['step']:07d}"]
+    train_count = json.loads((synthetic_shards / "dataset.json").read_text())["counts"]["train"]
+    assert summary["step"] == train_count // (2 * 16)  # each rank takes half of every epoch
+    assert summary["last_epoch"]["valid"]["images"] == json.loads(
+        (synthetic_shards / "dataset.json").read_text())["counts"]["valid"]
+
+
+def test_non_finite_loss_stops_with_the_last_good_state(synthetic_shards, tmp_path):
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLoss, match=r"step 3 .*step-0000003"):
+        _run(synthetic_shards, out, "--epochs", "1", "--debug-nan-at-step", "3", "--no-figures")
+    weights = _training_weights(list_checkpoints(out)[-1])
+    assert all(torch.isfinite(value).all() for value in weights.values())
+
+
+def test_checkpoint_errors_name_the_path(tmp_path, synthetic_shards):
+    with pytest.raises(CheckpointError, match=str(tmp_path)):
+        load_vae(tmp_path)
+    out = tmp_path / "run"
+    _run(synthetic_shards, out, "--epochs", "1", "--max-steps", "2", "--no-figures")
+    folder = list_checkpoints(out)[-1] / "vae"
+    meta = json.loads((folder / "model.json").read_text())
+    meta["config"]["latent_dim"] = 256
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: weights do not match"):
+        load_vae(folder)
+
+
+def test_perceptual_network_needs_local_weights(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(PerceptualError, match=r"not in the local cache .*resnet18"):
+        build_perceptual("torchvision:resnet18", torch.device("cpu"))
+    # With weights in the cache (random ones here), the loss is 0 for identical images and grows with noise.
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "hub" / "checkpoints" / Path(url).name)
+    loss = build_perceptual("torchvision:resnet18", torch.device("cpu"))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert torch.allclose(loss(x, x), torch.zeros(2))
+    assert (loss(x + 0.3 * torch.randn_like(x), x) > 0).all()
+    assert not math.isnan(float(loss(x, x).sum()))

@@ -1,0 +1,128 @@
+"""`python -m train.bench`: train-step throughput side by side in one run -> rich table + JSON.
+
+Rows: the step fed from one batch already on the device (the ceiling), then fed by each loader, with the
+share of wall time spent waiting for data; and the on-device step in eager vs compiled, fp32 vs bf16.
+Every row gets a warm-up (compilation happens there) before its timed steps, and CUDA is synchronised
+before each clock read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from loaders import LOADER_KINDS, make_loader
+from model import create_vae
+from train.objective import VAEObjective
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(preset: str, device: torch.device, compiled: bool, bf16: bool):
+    torch.manual_seed(0)
+    vae = create_vae(preset).to(device)
+    objective = VAEObjective(vae)
+    module = torch.compile(objective) if compiled else objective
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-4)
+    weight = torch.tensor(1.0, device=device)
+
+    def step(images: torch.Tensor) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = module(images, weight)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_steps(step, batches, steps: int, warmup: int, device: torch.device) -> dict:
+    """Run warm-up + timed steps pulling images from `batches`; returns images/s and the data-wait share."""
+    iterator = iter(batches)
+    for _ in range(warmup):
+        step(next(iterator))
+    _sync(device)
+    waited, count, started = 0.0, 0, time.perf_counter()
+    for _ in range(steps):
+        before = time.perf_counter()
+        images = next(iterator)
+        waited += time.perf_counter() - before
+        step(images)
+        count += len(images)
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    return {"images_per_s": count / elapsed, "data_wait_share": waited / elapsed, "steps": steps}
+
+
+def repeat(images: torch.Tensor):
+    while True:
+        yield images
+
+
+def loader_images(kind: str, split: Path, batch_size: int, device: torch.device, workers: int):
+    loader = make_loader(kind, split, batch_size, device, shuffle=True, drop_last=True, num_workers=workers)
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        for batch in loader:
+            yield batch.images
+        epoch += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__)
+    parser.add_argument("--shards", type=Path, required=True)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--loaders", default=",".join(LOADER_KINDS))
+    parser.add_argument("--variants", default="eager-fp32,eager-bf16,compiled-fp32,compiled-bf16")
+    parser.add_argument("--json", type=Path, default=Path("bench_results/train.json"))
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    console = Console()
+    split = args.shards / "train"
+    rows = []
+    first = next(loader_images("resident", split, args.batch_size, device, 0))
+    # The data path rows share one configuration: the best step variant for the machine.
+    feed_variant = "compiled-bf16" if device.type == "cuda" else "eager-fp32"
+    for variant in args.variants.split(","):
+        compiled, bf16 = variant.startswith("compiled"), variant.endswith("bf16")
+        console.print(f"[dim]on-device step, {variant} …")
+        step = make_step(args.preset, device, compiled, bf16)
+        rows.append({"feed": "on-device batch", "variant": variant,
+                     **time_steps(step, repeat(first), args.steps, args.warmup, device)})
+    ceiling = next(r for r in rows if r["variant"] == feed_variant)["images_per_s"]
+    for kind in args.loaders.split(","):
+        console.print(f"[dim]{kind} loader, {feed_variant} …")
+        step = make_step(args.preset, device, feed_variant.startswith("compiled"), feed_variant.endswith("bf16"))
+        result = time_steps(step, loader_images(kind, split, args.batch_size, device, args.workers), args.steps,
+                            args.warmup, device)
+        rows.append({"feed": f"{kind} loader", "variant": feed_variant, **result,
+                     "vs_on_device": result["images_per_s"] / ceiling})
+    table = Table(title=f"train step, preset {args.preset}, batch {args.batch_size}, {device.type}")
+    for column in ("feed", "variant", "img/s", "data wait", "vs on-device"):
+        table.add_column(column, justify="left" if column in ("feed", "variant") else "right")
+    for row in rows:
+        table.add_row(row["feed"], row["variant"], f"{row['images_per_s']:,.0f}", f"{100 * row['data_wait_share']:.1f}%",
+                      f"{row['vs_on_device']:.2f}" if "vs_on_device" in row else "")
+    console.print(table)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": platform.node(), "device": str(device), "torch": torch.__version__,
+                                     "preset": args.preset, "batch_size": args.batch_size, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

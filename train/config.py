@@ -1,0 +1,68 @@
+"""Training configuration: one plain dataclass; every field is a `--flag` of `train/run.py`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    shards: str = "shards"  # build-shards output folder (train/, valid/, test/ inside)
+    out: str = "runs/vae"  # run folder: checkpoints/, figures/, metrics.jsonl, config.json
+    loader: str = "resident"  # resident | webdataset | dali
+    num_workers: int = 2  # webdataset loader worker processes
+    # model
+    preset: str = "tiny"
+    latent_dim: int = 0  # 0 = the preset's
+    likelihood: str = "gaussian_learned"  # gaussian_learned | gaussian_fixed
+    # optimisation
+    batch_size: int = 32  # per process; the seed warns that very large batches collapse to the mean
+    epochs: int = 10
+    max_steps: int = 0  # stop after this many optimizer steps in total (0 = run all epochs)
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 500
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    # KL: loss = NLL + beta * w(step) * KL, with w the annealing weight in [0, 1]
+    beta: float = 1.0
+    kl_anneal: str = "linear"  # linear | cyclical | none
+    kl_anneal_steps: int = 2000  # linear: ramp length; cyclical: period
+    kl_cycle_ramp: float = 0.5  # cyclical: fraction of each period spent ramping
+    # optional perceptual loss: torchvision:<arch> (weights from the local torch cache) | classifier:<ckpt>
+    perceptual: str = ""
+    perceptual_weight: float = 0.1
+    # runtime
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: str = "auto"  # auto (on for CUDA) | on | off
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
+    keep_checkpoints: int = 2
+    figures: bool = True  # per-epoch PNG figures
+    resume: str = ""  # a checkpoint folder, or "latest" (the newest in OUT/checkpoints)
+    debug_nan_at_step: int = -1  # tests: make the loss non-finite at this step
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out)
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(description="Train the CelebA VAE (launch with `accelerate launch`).")
+    for spec in dataclasses.fields(TrainConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        if spec.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=spec.default)
+        else:
+            kind = {"int": int, "float": float, "str": str}[spec.type if isinstance(spec.type, str) else spec.type.__name__]
+            parser.add_argument(flag, type=kind, default=spec.default)
+    return TrainConfig(**vars(parser.parse_args(argv)))
+

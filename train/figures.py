@@ -1,0 +1,148 @@
+"""Every PNG the project draws: image grids and loss curves (matplotlib), shared by train, eval and edit."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def tile(images: torch.Tensor | np.ndarray, rows: int, pad: int = 2) -> np.ndarray:
+    """uint8 [N,3,H,W] (N = rows*cols, row-major) -> one HWC uint8 mosaic with white gutters."""
+    array = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    count, _, height, width = array.shape
+    cols = -(-count // rows)
+    mosaic = np.full((rows * (height + pad) + pad, cols * (width + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, image in enumerate(array):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (height + pad), pad + c * (width + pad)
+        mosaic[y:y + height, x:x + width] = image.transpose(1, 2, 0)
+    return mosaic
+
+
+def save_grid(path: Path, images: torch.Tensor | np.ndarray, rows: int, title: str = "",
+              row_labels: Sequence[str] = (), col_labels: Sequence[str] = (), scale: float = 1.0) -> Path:
+    """Save a labelled image grid as PNG (images uint8 [rows*cols, 3, H, W], row-major)."""
+    mosaic = tile(images, rows)
+    height, width = mosaic.shape[:2]
+    dpi = 100
+    margin_left = 1.6 if row_labels else 0.1
+    margin_top = (0.5 if title else 0.1) + (0.35 if col_labels else 0)
+    fig = plt.figure(figsize=(width * scale / dpi + margin_left, height * scale / dpi + margin_top), dpi=dpi)
+    ax = fig.add_axes((margin_left / fig.get_figwidth(), 0, 1 - margin_left / fig.get_figwidth(),
+                       1 - margin_top / fig.get_figheight()))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    cols = -(-len(images) // rows)
+    cell_h, cell_w = (height - 2) / rows, (width - 2) / cols
+    for r, label in enumerate(row_labels):
+        ax.text(-4, 2 + (r + 0.5) * cell_h, label, ha="right", va="center", fontsize=8)
+    for c, label in enumerate(col_labels):
+        ax.text(2 + (c + 0.5) * cell_w, -4, label, ha="center", va="bottom", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.12 / fig.get_figheight())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def save_loss_curves(path: Path, steps: Sequence[dict], epochs: Sequence[dict]) -> Path:
+    """KL and Gaussian NLL (nats per image) for train (per logged step and per epoch) and valid (per epoch)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, name in ((axes[0], "gaussian_nll", "Gaussian NLL"), (axes[1], "kl", "KL divergence")):
+        if steps:
+            ax.plot([s["step"] for s in steps], [s[key] for s in steps], color="tab:blue", alpha=0.35,
+                    label="train (logged steps)")
+        if epochs:
+            x = [e["step"] for e in epochs]
+            ax.plot(x, [e["train"][key] for e in epochs], "o-", color="tab:blue", label="train (epoch mean)")
+            ax.plot(x, [e["valid"][key] for e in epochs], "s-", color="tab:orange", label="valid (EMA weights)")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{name} (nats / image)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_kl_per_component(path: Path, kl_per_component: Sequence[float], mu_variance: Sequence[float],
+                          threshold: float = 0.01, title: str = "") -> Path:
+    """Per-component KL (nats / image), sorted descending, bars coloured by activity (Var_x[mu_j] > threshold),
+    and below it Var_x[mu_j] in the same order with the active threshold drawn as a line."""
+    kl = np.asarray(kl_per_component, dtype=np.float64)
+    variance = np.asarray(mu_variance, dtype=np.float64)
+    order = np.argsort(-kl, kind="stable")
+    active = variance[order] > threshold
+    ranks = np.arange(len(kl))
+    colors = np.where(active, "tab:blue", "tab:gray")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True, gridspec_kw={"height_ratios": (2, 1)})
+    top.bar(ranks, kl[order], width=1.0, color=colors, linewidth=0)
+    top.set_ylabel("KL (nats / image)")
+    top.set_title(title or f"KL per latent component, sorted: {int(active.sum())} of {len(kl)} active "
+                           f"(Var[mu] > {threshold:g}, blue)")
+    top.grid(alpha=0.3, axis="y")
+    bottom.bar(ranks, np.maximum(variance[order], 1e-12), width=1.0, color=colors, linewidth=0)
+    bottom.axhline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"active threshold {threshold:g}")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("Var over data of mu_j")
+    bottom.set_xlabel("latent component (sorted by KL)")
+    bottom.legend(fontsize=8, loc="upper right")
+    bottom.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_effect_curves(path: Path, xs: Sequence[Sequence[float]], ys: Sequence[Sequence[float]],
+                       labels: Sequence[str], xlabel: str = "", ylabel: str = "", title: str = "") -> Path:
+    """Several measured curves on one axis (e.g. a judge's attribute probability against an edit's strength)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for x, y, label in zip(xs, ys, labels):
+        ax.plot(x, y, "o-", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_metric_bars(path: Path, groups: Sequence[str], series: dict[str, Sequence[float]], ylabel: str = "",
+                     title: str = "") -> Path:
+    """Grouped bars: one group per x label, one bar per series (e.g. guided edit vs baseline per label change)."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 4))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    for i, (name, values) in enumerate(series.items()):
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(x, groups, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,90 @@
+"""What one training step computes, as a module so `torch.compile` and DDP see a single graph.
+
+The objective takes the loader's uint8 batch and does the normalisation itself, so the conversion to
+the model's range and dtype is fused into the compiled step on the device (never a CPU pass over floats).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from model import VAE, discretized_gaussian_nll, gaussian_nll, kl_diag_gaussian, to_model_range
+
+STAT_NAMES = ("loss", "gaussian_nll", "discretized_nll", "kl")
+
+
+class VAEObjective(nn.Module):
+    def __init__(self, vae: VAE, perceptual: nn.Module | None = None, perceptual_weight: float = 0.0):
+        super().__init__()
+        self.vae = vae
+        self.perceptual = perceptual
+        self.perceptual_weight = perceptual_weight
+
+    def forward(self, images: torch.Tensor, kl_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 [B,3,64,64] -> (scalar loss, [4] per-image means of loss, Gaussian NLL, discretized NLL, KL).
+
+        `kl_weight` is a 0-dim tensor (not a float) so the annealing schedule does not recompile the graph.
+        """
+        x = to_model_range(images)
+        out = self.vae(x)
+        nll = gaussian_nll(x, out.x_mean, out.x_logvar)
+        kl = kl_diag_gaussian(out.mu, out.logvar)
+        loss = nll + kl_weight * kl
+        if self.perceptual is not None:
+            loss = loss + self.perceptual_weight * self.perceptual(out.x_mean.float(), x)
+        loss = loss.mean()
+        with torch.no_grad():
+            discretized = discretized_gaussian_nll(images, out.x_mean.detach(), out.x_logvar.detach())
+            stats = torch.stack([loss.detach(), nll.detach().mean(), discretized.mean(), kl.detach().mean()])
+        return loss, stats
+
+
+def kl_weight(step: int, schedule: str, beta: float, anneal_steps: int, cycle_ramp: float) -> float:
+    """beta times the annealing weight: linear warm-up 0 -> 1, or cyclical (Fu et al. 2019) ramps."""
+    if schedule == "none" or anneal_steps <= 0:
+        return beta
+    if schedule == "linear":
+        return beta * min(1.0, step / anneal_steps)
+    if schedule == "cyclical":
+        phase = (step % anneal_steps) / anneal_steps
+        return beta * min(1.0, phase / cycle_ramp)
+    raise ValueError(f"unknown KL annealing schedule {schedule!r}; use linear, cyclical or none")
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to `min_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of a model's weights (registered with Accelerate for checkpoints)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # Warm-up (1+t)/(10+t): early averages must not be dominated by the random initial weights.
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for name, value in model.state_dict().items():
+            shadow = self.shadow[name]
+            if shadow.is_floating_point():
+                shadow.lerp_(value.detach(), 1.0 - decay)
+            else:
+                shadow.copy_(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            self.shadow[name].copy_(value)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict(self.shadow)
