@@ -1,0 +1,190 @@
+"""`python -m eval`: every SPEC section-4 metric of a checkpoint on one split, as a table, a JSON report and a
+figure of the KL per latent component. `bonus_1.py` runs the same evaluation through `run()` below.
+
+    python -m eval --checkpoint runs/base --shards shards/test [--iw-samples 16] [--loader dali]
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m eval --checkpoint ... --shards ...    # 2 ranks
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from eval.core import CAVEAT, HARMONIC_FORMULA, EvalError, EvalOptions, evaluate
+from loaders import LOADER_KINDS
+from shard_builder.build import BuildError
+from train.checkpoint import CheckpointError, load_vae, resolve_vae_folder
+
+console = Console()
+errors = Console(stderr=True)
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int
+    world_size: int
+    is_main: bool
+    fp32_precision: tuple[str, str]  # what to restore on close (main() may run inside a longer process, e.g. tests)
+
+    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor
+        tensor = tensor.clone()
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        return tensor
+
+    def close(self) -> None:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = self.fp32_precision
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def start_runtime(cpu: bool) -> Runtime:
+    """One process, or one rank of a `torchrun` / `accelerate launch` job (Accelerate sets up the process group:
+    gloo on CPU, e.g. with ACCELERATE_USE_CPU=1, NCCL on GPUs)."""
+    from accelerate.utils import parse_flag_from_env
+
+    cpu = cpu or parse_flag_from_env("ACCELERATE_USE_CPU")  # Accelerator reads it, PartialState does not
+    # Full float32 on GPUs: TF32 convolutions (cuDNN's default) keep ~3 decimal digits, a tenth of a grey level
+    # in the decoder mean, which a discretized likelihood would see.
+    precision = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState(cpu=cpu)
+        return Runtime(state.device, state.process_index, state.num_processes, state.is_main_process, precision)
+    device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+    return Runtime(device, 0, 1, True, precision)
+
+
+def common_parser(description: str, iw_default: int) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--checkpoint", required=True,
+                        help="a vae/ folder (model.safetensors + model.json), a run checkpoint, or a run folder "
+                             "(its latest checkpoint)")
+    parser.add_argument("--shards", required=True, help="the split folder to evaluate, e.g. shards/test")
+    parser.add_argument("--loader", default="resident", choices=LOADER_KINDS)
+    parser.add_argument("--batch-size", type=int, default=64, help="per rank; does not change the result")
+    parser.add_argument("--seed", type=int, default=0, help="seeds every image's z draws (keyed by image)")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="z samples per image for the reconstruction NLL (hence n, bits/dim and H)")
+    parser.add_argument("-K", "--iw-samples", type=int, default=iw_default,
+                        help="K of the importance-weighted NLL bound (0: skip; K=1 equals the ELBO)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="loader workers/threads (default: cores per rank)")
+    parser.add_argument("--cpu", action="store_true", help="evaluate on the CPU even when a GPU is present")
+    parser.add_argument("--json", default=None, help="report path (default: OUT/<command>-<split>.json)")
+    parser.add_argument("--out", default=None,
+                        help="folder for the report and figure (default: the checkpoint's vae/ folder)")
+    return parser
+
+
+def run(args: argparse.Namespace, command: str, options: EvalOptions,
+        show: Callable[[dict, Path], None]) -> int:
+    """Load, evaluate, write the JSON report, show it; clear one-line errors (exit code 1) for bad input."""
+    runtime = None
+    try:
+        if options.samples < 1 or options.iw_samples < 0 or options.batch_size < 1:
+            raise EvalError("--samples and --batch-size must be >= 1 and --iw-samples >= 0")
+        runtime = start_runtime(args.cpu)
+        vae, meta = load_vae(args.checkpoint, runtime.device)
+        folder = resolve_vae_folder(args.checkpoint)
+        log = console.print if runtime.is_main else (lambda message: None)
+        log(f"checkpoint {folder} (preset latent {vae.cfg.latent_dim}, {vae.cfg.likelihood}), device "
+            f"{runtime.device}, {runtime.world_size} rank(s), loader {options.loader}")
+        report = evaluate(vae, args.shards, runtime.device, options, rank=runtime.rank,
+                          world_size=runtime.world_size, reduce_sum=runtime.reduce_sum, log=log,
+                          trained_on=meta.get("dataset"))
+        out = Path(args.out) if args.out else folder
+        report = {"command": command, "checkpoint": str(folder),
+                  "checkpoint_meta": {k: v for k, v in meta.items() if k not in ("config", "dataset")},
+                  "config": vae.cfg.to_dict(), **report}
+        path = Path(args.json) if args.json else out / f"{command}-{report['split_name']}.json"
+        if runtime.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+            show(report, out)
+            console.print(f"report: {path}")
+        return 0
+    except (CheckpointError, BuildError, EvalError) as err:  # LoaderError is a BuildError
+        errors.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False, soft_wrap=True)
+        return 1
+    finally:
+        if runtime is not None:
+            runtime.close()
+
+
+def print_caveat(report: dict) -> None:
+    """The caveat next to H, always; plus every warning (e.g. fewer than a quarter of the components active)."""
+    m = report["metrics"]
+    console.print(f"[bold]caveat[/bold]: {escape(CAVEAT)} Here: bits/dim {m['bpd']:.4f}, active components "
+                  f"{m['active_units']}/{report['latent_dim']}.", highlight=False)
+    for warning in report["warnings"]:
+        console.print(f"[bold yellow]warning[/bold yellow]: {escape(warning)}", highlight=False)
+
+
+def _show_eval(report: dict, out: Path) -> None:
+    from train.figures import save_kl_per_component
+
+    m, d = report["metrics"], report["latent_dim"]
+    table = Table(title=f"{report['checkpoint']} on {report['split']} ({m['images']:,} images, seed "
+                        f"{report['seed']}, {report['z_samples']} z sample(s) per image)")
+    table.add_column("metric")
+    table.add_column("nats / image", justify="right")
+    table.add_column("bits / dim", justify="right")
+    table.add_column("notes")
+    table.add_row("discretized NLL", f"{m['discretized_nll']:.2f}", f"{m['nll_bpd']:.4f}",
+                  "256-bin mass, open edge bins; >= 0")
+    table.add_row("Gaussian NLL (continuous)", f"{m['gaussian_nll']:.2f}", f"{m['gaussian_nll_bpd']:.4f}",
+                  "density: the training loss, can be < 0")
+    table.add_row("KL", f"{m['kl']:.2f}", "", f"{m['kl_bits_per_component']:.4f} bits per component")
+    table.add_row("negative ELBO", f"{m['neg_elbo']:.2f}", f"{m['bpd']:.4f}", "discretized NLL + KL (upper bound)")
+    if "iw_nll" in m:
+        table.add_row(f"IW NLL bound, K={report['iw_samples']}", f"{m['iw_nll']:.2f}", f"{m['iw_bpd']:.4f}",
+                      f"MC negative ELBO, same K draws: {m['mc_bpd']:.4f} bits/dim")
+    fixed = report["fixed_sigma"]
+    if fixed is not None:
+        table.add_row("negative ELBO at fitted sigma", f"{fixed['test_nll'] + m['kl']:.2f}", f"{fixed['test_bpd']:.4f}",
+                      f"one global sigma = {fixed['sigma_grey_levels']:.2f} grey levels fitted on valid "
+                      f"(model's: {fixed['model_sigma_grey_levels']:.2f}); NLL {fixed['test_nll_bpd']:.4f} bits/dim")
+    if "mse" in m:
+        table.add_row("reconstruction MSE / PSNR", "", "", f"MSE {m['mse']:.2f} (0..255 units, to_uint8 of the "
+                      f"decoder mean at mu), PSNR {m['psnr']:.2f} dB")
+    table.add_row("active components", "", "", f"{m['active_units']} / {d} (Var(mu) > {report['active_threshold']:g})")
+    table.add_row("harmonic metric", "", "", f"n {m['harmonic_n']:.4f}, k {m['harmonic_k']:.4f}, "
+                  f"H {m['harmonic']:.4f}  ({HARMONIC_FORMULA}; lower is better)")
+    console.print(table)
+    print_caveat(report)
+    figure = save_kl_per_component(out / f"kl_per_component-{report['split_name']}.png",
+                                   report["per_component"]["kl"], report["per_component"]["mu_variance"],
+                                   report["active_threshold"])
+    console.print(f"figure: {figure}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common_parser("Evaluate a VAE checkpoint on a split: likelihoods, KL, IW bound, MSE/PSNR, harmonic "
+                           "metric.", iw_default=16)
+    parser.add_argument("--valid-shards", default=None,
+                        help="fixed-sigma models: the split to fit one global sigma on (default: the sibling valid/)")
+    parser.add_argument("--no-fit-sigma", action="store_true", help="skip the global-sigma fit of fixed-sigma models")
+    args = parser.parse_args(argv)
+    options = EvalOptions(loader=args.loader, batch_size=args.batch_size, seed=args.seed, samples=args.samples,
+                          iw_samples=args.iw_samples, reconstructions=True, fit_sigma=not args.no_fit_sigma,
+                          valid_shards=args.valid_shards, num_workers=args.num_workers)
+    return run(args, "eval", options, _show_eval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
