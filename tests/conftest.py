@@ -63,3 +63,14 @@ def celeba_copy(synthetic_root, tmp_path) -> Path:
     root = tmp_path / "celeba"
     shutil.copytree(synthetic_root, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_shards, tmp_path_factory) -> Path:
+    """A 2-epoch tiny-VAE run on the synthetic shards, with its figures and checkpoint."""
+    from train.run import main as train_main
+
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    assert train_main(["--shards", str(synthetic_shards), "--out", str(run), "--preset", "tiny", "--epochs", "2",
+                       "--batch-size", "16", "--compile", "off", "--precision", "fp32", "--log-every", "2"]) == 0
+    return run
