@@ -11,6 +11,15 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = Path(os.environ.get("CELEBA_SAMPLE", REPO.parent / "shared" / "celeba-sample" / "celeba"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The tests' tensors are small: on a loaded 2-core runner two OpenMP threads only spin and thrash
+    (measured up to 100x slower), so every test runs torch single-threaded."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A 240-image synthetic CelebA (12 identities of 20 images), made once per test session."""

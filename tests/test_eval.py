@@ -25,15 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 D = 3 * 64 * 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine: intra-op threads only contend (and spin); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny random-init VAEs saved with `save_vae`: learned variance, fixed sigma, and a collapsed encoder."""

@@ -23,14 +23,6 @@ from model.likelihood import (
 ALL_BINS = torch.arange(256, dtype=torch.uint8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: a single thread avoids OpenMP thrashing on a loaded 2-core runner.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ----------------------------------------------------------------------------- data convention
 

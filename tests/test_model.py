@@ -19,15 +19,6 @@ from model.layers import ConvNormAct, LayerScale, SqueezeExcite, num_groups
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: OpenMP sync costs more than it saves, and on a loaded 2-core runner
-    # two spinning threads thrash (measured 100x slower). Restore the setting for other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # A small 3-stage config (64 -> 32 -> 16 -> 8) that keeps every code path of the real presets.
 SMALL = dict(channels=(8, 16, 16), depths=(1, 1, 1), mid_depth=1)
 
