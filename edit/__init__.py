@@ -1,0 +1,13 @@
+"""Latent face editing (SPEC section 6, Task 2 of the main seed), measured with an independent judge classifier.
+
+    python -m edit.classifier --shards S --out runs/guide --arch cnn --width 32 --seed 0      # the guide
+    python -m edit.classifier --shards S --out runs/judge --arch resnet --width 24 --seed 1   # the judge
+    python -m edit amplify  --vae RUN --judge runs/judge --shards S --out runs/edits
+    python -m edit guide    --vae RUN --guide runs/guide --judge runs/judge --shards S --out runs/edits
+    python -m edit identity --vae RUN --judge runs/judge --shards S --out runs/edits
+
+- `edit.classifier`: the 40-attribute classifiers (train, save, load);
+- `edit.common`: loading and cross-checking models and shards, latents, subjects, measurements;
+- `edit.amplify`, `edit.guide`, `edit.identity`: the three edits, each `run(ctx, args, out, log) -> report`;
+- `edit.cli`: the command line.
+"""

@@ -1,0 +1,162 @@
+"""Editing: classifiers, the three edit commands, the guided-edit acceptance numbers, and bad input.
+
+One module-scoped set-up trains everything small on a synthetic CelebA whose attributes are drawn truthfully
+(glasses are really drawn when Eyeglasses is 1): a tiny VAE, a `cnn` guide and a `resnet` judge of different
+seeds. The acceptance test then checks that guided "add Eyeglasses" convinces the *judge* on at least 6 of 8
+subjects while the judge's other 39 probabilities move little.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edit.classifier import ClassifierError, load_classifier, main as classifier_main
+from edit.cli import main as edit_main
+from edit.common import EditError, attribute_index, parse_changes
+from shard_builder.synthetic import ATTRIBUTE_NAMES
+from train.run import main as train_main
+
+NAMES = list(ATTRIBUTE_NAMES)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """Synthetic shards (1,600 images), a tiny VAE and two independent classifiers, trained once."""
+    from shard_builder.build import BuildOptions, build
+    from shard_builder.synthetic import generate
+
+    base = tmp_path_factory.mktemp("edit")
+    generate(base / "celeba", num_images=1600, seed=7, images_per_identity=20, workers=2)
+    shards = base / "shards"
+    build(base / "celeba", shards, BuildOptions(samples_per_shard=800, workers=2))
+    vae = base / "vae"
+    assert train_main(["--shards", str(shards), "--out", str(vae), "--preset", "tiny", "--batch-size", "32",
+                       "--epochs", "6", "--lr", "3e-3", "--warmup-steps", "20", "--kl-anneal-steps", "100",
+                       "--likelihood", "gaussian_fixed", "--log-every", "50", "--compile", "off",
+                       "--precision", "fp32", "--no-figures"]) == 0
+    guide, judge = base / "guide", base / "judge"
+    assert classifier_main(["--shards", str(shards), "--out", str(guide), "--arch", "cnn", "--width", "16",
+                            "--epochs", "6", "--seed", "0", "--cpu"]) == 0
+    assert classifier_main(["--shards", str(shards), "--out", str(judge), "--arch", "resnet", "--width", "12",
+                            "--epochs", "6", "--seed", "1", "--cpu"]) == 0
+    return {"base": base, "shards": shards, "vae": vae, "guide": guide, "judge": judge}
+
+
+def _edit(trained: dict, command: str, out: Path, *flags: str, guide: bool = True) -> int:
+    args = [command, "--vae", str(trained["vae"]), "--judge", str(trained["judge"]), "--shards", str(trained["shards"]),
+            "--out", str(out), "--cpu"]
+    if guide:
+        args += ["--guide", str(trained["guide"])]
+    return edit_main(args + list(flags))
+
+
+def test_attribute_names_and_changes_parse_with_close_matches():
+    assert attribute_index("eyeglasses", NAMES) == NAMES.index("Eyeglasses")
+    changes = parse_changes("add:Eyeglasses, remove:smiling,+Bangs,-Blond_Hair", NAMES)
+    assert [(c.attribute, c.target) for c in changes] == [("Eyeglasses", 1), ("Smiling", 0), ("Bangs", 1),
+                                                          ("Blond_Hair", 0)]
+    with pytest.raises(EditError, match=r"unknown attribute 'Eyeglases'; close matches: Eyeglasses"):
+        parse_changes("add:Eyeglases", NAMES)
+    with pytest.raises(EditError, match="neither add nor remove"):
+        parse_changes("grow:Bangs", NAMES)
+
+
+def test_classifiers_report_per_attribute_test_accuracy(trained):
+    for role in ("guide", "judge"):
+        report = json.loads((trained[role] / "test_accuracy.json").read_text())
+        assert list(report["accuracy"]) == NAMES
+        # Rendered per-photo attributes are learnable; a classifier that had learnt nothing would sit at the
+        # majority rate. (Per-person attributes such as hair colour may not vary in a test split of 8 people.)
+        for name in ("Eyeglasses", "Smiling"):
+            assert report["accuracy"][name] > report["majority_accuracy"][name] + 0.02, (role, name, report)
+    guide, guide_meta = load_classifier(trained["guide"])
+    judge, judge_meta = load_classifier(trained["judge"])
+    assert (guide.cfg.arch, guide_meta["seed"]) != (judge.cfg.arch, judge_meta["seed"])
+
+
+def test_guided_edit_adds_eyeglasses_that_the_judge_sees(trained, tmp_path):
+    out = tmp_path / "guide"
+    assert _edit(trained, "guide", out, "--changes", "add:Eyeglasses", "--steps", "150") == 0
+    report = json.loads((out / "guide.json").read_text())
+    change = report["changes"][0]
+    guided, baseline = change["guided"], change["mean_difference_matched"]
+    assert change["reconstruction"]["judge_success"] <= 2  # the subjects do not wear glasses to begin with
+    assert guided["judge_success"] >= 6, change
+    assert guided["other_attributes_mean_abs_change"] < 0.1, change
+    assert guided["psnr_to_reconstruction_db"] > 15, change
+    assert baseline["judge_success"] >= 0 and "mean_difference_full" in change
+    for name in ("guide_add_Eyeglasses.png", "guide_overview.png", "guide_comparison.png"):
+        assert (out / name).stat().st_size > 2000, name
+
+
+def test_amplify_and_identity_write_grids_and_measurements(trained, tmp_path):
+    out = tmp_path / "edits"
+    assert _edit(trained, "amplify", out, "--candidates", "12", "--probe", "6", guide=False) == 0
+    amplify = json.loads((out / "amplify.json").read_text())
+    assert len(amplify["components"]) == 4
+    assert len({c["moves"][0]["attribute"] for c in amplify["components"]}) == 4  # four different effects
+    for component in amplify["components"]:
+        assert len(component["alphas"]) == 10 and (out / component["figure"]).stat().st_size > 2000
+    assert (out / "amplify_curves.png").is_file()
+
+    assert _edit(trained, "identity", out, guide=False) == 0
+    identity = json.loads((out / "identity.json").read_text())
+    assert len(identity["anchors"]) == 3 and identity["subspace"]["dims"] >= 1
+    for anchor in identity["anchors"]:
+        m = anchor["metrics"]
+        assert (out / anchor["figure"]).stat().st_size > 2000
+        # Moving the identity part toward the anchor brings the judge's view of the face closer to the anchor...
+        assert m["transfer_t1"]["judge_attribute_distance_to_anchor"] < m["subject_reconstruction"][
+            "judge_attribute_distance_to_anchor"]
+        # ...and keeps the layout closer to the subject than plainly decoding the anchor's mean does.
+        assert m["transfer_t1"]["low_frequency_correlation_to_subject"] > m["anchor_mean"][
+            "low_frequency_correlation_to_subject"]
+    assert (out / "identity_overview.png").is_file()
+
+
+def test_bad_input_exits_1_naming_the_value_or_file(trained, tmp_path, capsys):
+    out = tmp_path / "bad"
+    assert _edit(trained, "guide", out, "--changes", "add:Eyeglases") == 1
+    assert "close matches: Eyeglasses" in capsys.readouterr().err
+
+    assert _edit(trained, "identity", out, "--min-anchor-images", "25", guide=False) == 1
+    assert "need 3 anchors" in capsys.readouterr().err
+    from shard_builder.split import open_split
+
+    some_identity = int(open_split(trained["shards"] / "test").identities[0])
+    assert _edit(trained, "identity", out, "--anchors", f"{some_identity},1,2", "--min-anchor-images", "25",
+                 guide=False) == 1
+    assert f"identity {some_identity} has only 20 image(s)" in capsys.readouterr().err
+    assert _edit(trained, "identity", out, "--anchors", "999999,1,2", guide=False) == 1
+    assert "identity 999999 has no images" in capsys.readouterr().err
+
+    # A classifier trained on another attribute set, or for another image size, does not fit.
+    other = tmp_path / "other-judge"
+    shutil.copytree(trained["judge"], other)
+    meta = json.loads((other / "classifier.json").read_text())
+    meta["config"]["attribute_names"][15] = "Sunglasses"
+    (other / "classifier.json").write_text(json.dumps(meta))
+    assert _edit(dict(trained, judge=other), "amplify", out, guide=False) == 1
+    err = capsys.readouterr().err
+    assert "classifier.json" in err and "another attribute set" in err and "Sunglasses" in err
+    meta["config"]["attribute_names"][15] = "Eyeglasses"
+    meta["config"]["image_size"] = 32
+    (other / "classifier.json").write_text(json.dumps(meta))
+    assert _edit(dict(trained, judge=other), "amplify", out, guide=False) == 1
+    assert "takes 32x32 images" in capsys.readouterr().err
+
+    # Weights that do not match the config, a missing classifier, and the guide used as its own judge.
+    meta["config"]["image_size"], meta["config"]["width"] = 64, 16
+    (other / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(ClassifierError, match=r"classifier.safetensors: weights do not match"):
+        load_classifier(other)
+    assert _edit(dict(trained, judge=tmp_path / "nowhere"), "amplify", out, guide=False) == 1
+    assert "nowhere: no classifier.safetensors" in capsys.readouterr().err
+    assert _edit(dict(trained, judge=trained["guide"]), "guide", out) == 1
+    assert "the same classifier" in capsys.readouterr().err
+    # A split folder instead of the shards root.
+    assert _edit(dict(trained, shards=trained["shards"] / "test"), "amplify", out, guide=False) == 1
+    assert "pass the shards root" in capsys.readouterr().err
