@@ -1,6 +1,9 @@
-"""The whole chain in one command: data -> shards -> verify (training, eval and edits join as they land).
+"""The whole chain in one command, ending in a report page:
 
-Uses the dataset at $CELEBA_ROOT when set, else makes the embedded synthetic CelebA. Every step writes
+    data -> build-shards (+ verify) -> train -> eval -> bonus_1.py -> classifiers -> 3 edits -> report
+
+Uses the dataset at $CELEBA_ROOT when set, else makes the embedded synthetic CelebA. Training is sized for
+the machine: the `tiny` preset for a few minutes on CPU cores, the `base` preset on a GPU. Every step writes
 into `--work` and is skipped on a re-run when its output is complete; a failing step is named and the
 finished ones are kept.
 """
@@ -9,62 +12,124 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import torch
 from rich.console import Console
-
-from shard_builder.build import DATASET_JSON, BuildOptions, build
-from shard_builder.synthetic import generate
-from shard_builder.verify import verify
 
 console = Console()
 
 
-def step_data(work: Path, synthetic_images: int) -> Path:
-    if os.environ.get("CELEBA_ROOT"):
-        root = Path(os.environ["CELEBA_ROOT"])
-        console.print(f"[bold]data[/bold]: CelebA at {root}")
-        return root
-    root = work / "synthetic" / "celeba"
-    if (root / "list_eval_partition.txt").is_file():
-        console.print(f"[bold]data[/bold]: synthetic CelebA already at {root} (skipped)")
-        return root
-    if root.exists():  # an interrupted generation: its partial output is not worth keeping
-        raise SystemExit(f"{root} exists but is incomplete; remove it and re-run")
-    console.print(f"[bold]data[/bold]: making {synthetic_images:,} synthetic CelebA images in {root}")
-    generate(root, num_images=synthetic_images, seed=0)
-    return root
+@dataclass
+class Step:
+    name: str
+    done: Callable[[], bool]  # True when the step's output is complete: the step is skipped
+    run: Callable[[], None]
 
 
-def step_shards(root: Path, work: Path) -> Path:
-    out = work / "shards"
-    if (out / DATASET_JSON).is_file():
-        console.print(f"[bold]shards[/bold]: {out} already built (skipped)")
-        return out
-    console.print(f"[bold]shards[/bold]: build-shards --root {root} --out {out}")
-    summary = build(root, out, BuildOptions())
-    total = sum(summary.dataset["counts"].values())
-    console.print(f"  {total:,} images in {summary.seconds:.1f} s")
-    console.print("[bold]verify[/bold]: re-reading every shard against the manifest and the source images")
-    counts = verify(out, root, workers=os.cpu_count() or 1)
-    console.print("  OK: " + ", ".join(f"{split} {count:,}" for split, count in counts.items()))
-    return out
+def call(main: Callable[[list[str]], int], argv: list[str]) -> None:
+    """Run a stage's `main(argv)` in this process; a non-zero exit code fails the step."""
+    code = main([str(a) for a in argv])
+    if code:
+        raise RuntimeError(f"exited with code {code}")
+
+
+def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[Step], dict]:
+    from bonus_1 import main as bonus_main
+    from edit.classifier import main as classifier_main
+    from edit.cli import main as edit_main
+    from eval.cli import main as eval_main
+    from shard_builder.build import DATASET_JSON, BuildOptions, build
+    from shard_builder.synthetic import generate
+    from shard_builder.verify import verify
+    from train.run import main as train_main
+
+    gpu = torch.cuda.is_available()
+    synthetic = root is None
+    root = root or work / "synthetic" / "celeba"
+    shards, run, edits = work / "shards", work / "vae", work / "edits"
+    guide, judge = work / "classifiers" / "guide", work / "classifiers" / "judge"
+    epochs = args.epochs or (30 if gpu else 4)
+    classifier_epochs = 10 if gpu else 4
+
+    def make_data() -> None:
+        if root.exists():  # an interrupted generation: its partial output is not worth keeping
+            raise RuntimeError(f"{root} exists but is incomplete; remove it and re-run")
+        console.print(f"making {args.synthetic_images:,} synthetic CelebA images in {root}")
+        generate(root, num_images=args.synthetic_images, seed=0)
+
+    def make_shards() -> None:
+        summary = build(root, shards, BuildOptions())
+        console.print(f"built {sum(summary.dataset['counts'].values()):,} images into {shards} in {summary.seconds:.1f} s")
+        counts = verify(shards, root, workers=os.cpu_count() or 1)
+        console.print("verified byte for byte against the source: " + ", ".join(f"{s} {n:,}" for s, n in counts.items()))
+
+    train_flags = ["--shards", shards, "--out", run, "--preset", "base" if gpu else "tiny", "--epochs", epochs,
+                   "--batch-size", 32, "--lr", 1e-3, "--warmup-steps", 200, "--kl-anneal-steps", 1000,
+                   "--log-every", 25, "--checkpoint-every", 1000]
+    eval_json, bonus_json = work / "eval" / "eval-test.json", work / "eval" / "bonus_1-test.json"
+    edit_common = ["--vae", run, "--judge", judge, "--shards", shards]
+    steps = [
+        Step("data", lambda: (root / "list_eval_partition.txt").is_file() or not synthetic, make_data),
+        Step("shards", lambda: (shards / DATASET_JSON).is_file(), make_shards),
+        Step("train", lambda: (run / "train_summary.json").is_file(),
+             lambda: call(train_main, train_flags + (["--resume", "latest"] if (run / "checkpoints").is_dir() else []))),
+        Step("eval", eval_json.is_file,
+             lambda: call(eval_main, ["--checkpoint", run, "--shards", shards / "test", "--out", eval_json.parent,
+                                      "--iw-samples", 16 if gpu else 4])),
+        Step("bonus_1", bonus_json.is_file,
+             lambda: call(bonus_main, ["--checkpoint", run, "--shards", shards / "test", "--out", bonus_json.parent])),
+        Step("guide classifier", lambda: (guide / "test_accuracy.json").is_file(),
+             lambda: call(classifier_main, ["--shards", shards, "--out", guide, "--arch", "cnn", "--seed", 0,
+                                            "--epochs", classifier_epochs])),
+        Step("judge classifier", lambda: (judge / "test_accuracy.json").is_file(),
+             lambda: call(classifier_main, ["--shards", shards, "--out", judge, "--arch", "resnet", "--width", 24,
+                                            "--seed", 1, "--epochs", classifier_epochs])),
+        Step("edit amplify", (edits / "amplify" / "amplify.json").is_file,
+             lambda: call(edit_main, ["amplify", *edit_common, "--out", edits / "amplify"])),
+        Step("edit guide", (edits / "guide" / "guide.json").is_file,
+             lambda: call(edit_main, ["guide", *edit_common, "--guide", guide, "--out", edits / "guide"])),
+        Step("edit identity", (edits / "identity" / "identity.json").is_file,
+             lambda: call(edit_main, ["identity", *edit_common, "--out", edits / "identity"])),
+    ]
+    outputs = {"run": run, "eval_json": eval_json, "bonus_json": bonus_json,
+               "edit_dirs": {name: edits / name for name in ("amplify", "guide", "identity")}}
+    return steps, outputs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("runs/demo"))
     parser.add_argument("--synthetic-images", type=int, default=6000)
+    parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: 4 on CPU, 30 on a GPU)")
     args = parser.parse_args(argv)
-    current = "data"
-    try:
-        root = step_data(args.work, args.synthetic_images)
-        current = "shards"
-        step_shards(root, args.work)
-    except Exception as err:  # name the failing step; what finished stays on disk
-        console.print(f"[red]demo failed at step '{current}':[/red] {err}")
-        return 1
-    console.print(f"[green]done[/green]: outputs in {args.work}")
+    root = Path(os.environ["CELEBA_ROOT"]) if os.environ.get("CELEBA_ROOT") else None
+    console.rule(f"demo on {'CelebA at ' + str(root) if root else 'synthetic CelebA'} -> {args.work}")
+    steps, outputs = plan(args.work, root, args)
+    timings = {}
+    for step in steps:
+        if step.done():
+            console.print(f"[dim]{step.name}: complete, skipped[/dim]")
+            continue
+        console.rule(f"[bold]{step.name}")
+        started = time.perf_counter()
+        try:
+            step.run()
+        except (Exception, SystemExit) as err:  # name the failing step; what finished stays on disk
+            console.print(f"[red]demo failed at step '{step.name}':[/red] {err}", soft_wrap=True)
+            console.print(f"finished steps are kept in {args.work}; fix the cause and re-run to continue")
+            return 1
+        timings[step.name] = time.perf_counter() - started
+    from eval.report import write_report
+
+    bench = sorted(Path("bench_results").glob("*.json"))
+    page = write_report(args.work / "report", outputs["run"], outputs["eval_json"], outputs["bonus_json"],
+                        outputs["edit_dirs"], bench)
+    console.print("step times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
+    console.print(f"[green]report:[/green] {page.resolve()}")
     return 0
 
 
