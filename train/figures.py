@@ -12,6 +12,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def tile(images: torch.Tensor | np.ndarray, rows: int, pad: int = 2) -> np.ndarray:
     """uint8 [N,3,H,W] (N = rows*cols, row-major) -> one HWC uint8 mosaic with white gutters."""
     array = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
@@ -49,10 +56,7 @@ def save_grid(path: Path, images: torch.Tensor | np.ndarray, rows: int, title: s
         ax.text(2 + (c + 0.5) * cell_w, -4, label, ha="center", va="bottom", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.12 / fig.get_figheight())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi)
 
 
 def save_loss_curves(path: Path, steps: Sequence[dict], epochs: Sequence[dict]) -> Path:
@@ -72,10 +76,7 @@ def save_loss_curves(path: Path, steps: Sequence[dict], epochs: Sequence[dict]) 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def save_kl_per_component(path: Path, kl_per_component: Sequence[float], mu_variance: Sequence[float],
@@ -102,10 +103,7 @@ def save_kl_per_component(path: Path, kl_per_component: Sequence[float], mu_vari
     bottom.legend(fontsize=8, loc="upper right")
     bottom.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def save_effect_curves(path: Path, xs: Sequence[Sequence[float]], ys: Sequence[Sequence[float]],
@@ -121,10 +119,7 @@ def save_effect_curves(path: Path, xs: Sequence[Sequence[float]], ys: Sequence[S
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def save_metric_bars(path: Path, groups: Sequence[str], series: dict[str, Sequence[float]], ylabel: str = "",
@@ -142,7 +137,4 @@ def save_metric_bars(path: Path, groups: Sequence[str], series: dict[str, Sequen
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
