@@ -133,3 +133,17 @@ def test_perceptual_network_needs_local_weights(tmp_path, monkeypatch):
     assert torch.allclose(loss(x, x), torch.zeros(2))
     assert (loss(x + 0.3 * torch.randn_like(x), x) > 0).all()
     assert not math.isnan(float(loss(x, x).sum()))
+
+
+def test_perceptual_loss_from_the_projects_own_classifier(tmp_path):
+    from edit.classifier import AttributeClassifier, ClassifierConfig, save_classifier
+    from train.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=str(tmp_path / "missing")):
+        build_perceptual(f"classifier:{tmp_path / 'missing'}", torch.device("cpu"))
+    torch.manual_seed(0)
+    save_classifier(tmp_path / "cls", AttributeClassifier(ClassifierConfig(width=8, attribute_names=("A", "B"))), {})
+    loss = build_perceptual(f"classifier:{tmp_path / 'cls'}", torch.device("cpu"))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert torch.allclose(loss(x, x), torch.zeros(2))
+    assert (loss(x + 0.3 * torch.randn_like(x), x) > 0).all()

@@ -2,8 +2,8 @@
 
 Nothing can be downloaded on our machines, so the network is named explicitly and its weights must already
 be local: `torchvision:<arch>` uses torchvision's ImageNet weights from the torch hub cache
-(`$TORCH_HOME/hub/checkpoints`). (The project's own CelebA classifier joins as a network with the editing
-stage.)
+(`$TORCH_HOME/hub/checkpoints`); `classifier:<folder>` uses the project's own CelebA attribute classifier
+(`python -m edit.classifier --out <folder>`), which needs nothing from outside.
 """
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def _torchvision_network(arch: str) -> nn.Module:
     cached = Path(get_dir()) / "checkpoints" / Path(weights.url).name
     if not cached.is_file():
         raise PerceptualError(f"torchvision:{arch}: ImageNet weights are not in the local cache ({cached}); nothing "
-                              f"can be downloaded here. Copy the file there")
+                              f"can be downloaded here. Copy the file there, or use "
+                              f"classifier:<folder> with the project's own CelebA classifier")
     network = torchvision.models.get_model(arch, weights=None)
     network.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
     return network
@@ -70,4 +71,10 @@ def build_perceptual(spec: str, device: torch.device) -> nn.Module:
     if kind == "torchvision" and name:
         network = _torchvision_network(name)
         return FeatureDistance(network, TORCHVISION_TAPS[name], IMAGENET_MEAN, IMAGENET_STD).to(device)
-    raise PerceptualError(f"--perceptual {spec!r}: expected torchvision:<arch>")
+    if kind == "classifier" and name:
+        # The classifier lives with the editing stage; it takes [-1, 1] inputs, hence mean = std = 0.5 here.
+        from edit.classifier import load_classifier
+
+        network, _ = load_classifier(Path(name))
+        return FeatureDistance(network, ("stem", "body"), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).to(device)
+    raise PerceptualError(f"--perceptual {spec!r}: expected torchvision:<arch> or classifier:<folder>")
