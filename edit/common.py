@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edit.classifier import AttributeClassifier, load_classifier, read_classifier_config, resolve_classifier_folder
-from model import VAE, to_model_range, to_uint8
+from model import VAE, psnr_db, to_model_range, to_uint8
 from shard_builder.build import DATASET_JSON, load_dataset_json
 from shard_builder.split import Split, open_split
 from train.checkpoint import MODEL_WEIGHTS, load_vae, resolve_vae_folder
@@ -234,7 +234,7 @@ def choose_rows(candidates: np.ndarray, count: int, seed: int, what: str) -> np.
 def psnr(a_uint8: torch.Tensor, b_uint8: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB (0..255 units, as eval reports reconstructions) and its MSE."""
     mse = (a_uint8.float() - b_uint8.float()).square().flatten(1).mean(1)
-    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
+    return psnr_db(mse.clamp_min(1e-10))
 
 
 def edit_metrics(before: torch.Tensor, after: torch.Tensor, p_before: torch.Tensor, p_after: torch.Tensor,

@@ -19,6 +19,7 @@ from .likelihood import (
     harmonic_metric,
     kl_diag_gaussian,
     kl_diag_gaussian_per_dim,
+    psnr_db,
     to_model_range,
     to_uint8,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "harmonic_metric",
     "kl_diag_gaussian",
     "kl_diag_gaussian_per_dim",
+    "psnr_db",
     "to_model_range",
     "to_uint8",
 ]

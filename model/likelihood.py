@@ -169,6 +169,11 @@ def harmonic_metric(
     return HarmonicMetric(n, k, h)
 
 
+def psnr_db(mse):
+    """Peak signal-to-noise ratio in dB of a mean squared error in 0..255 pixel units (floats or tensors)."""
+    return 10.0 * (torch.log10(255.0**2 / mse) if isinstance(mse, torch.Tensor) else math.log10(255.0**2 / mse))
+
+
 def active_units(mu_variance: torch.Tensor, threshold: float = 0.01) -> int:
     """Number of latent components whose posterior mean varies across the split: Var_x[mu_j] > threshold."""
     return int((torch.as_tensor(mu_variance) > threshold).sum().item())

@@ -20,6 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `accelerate launch train/run.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -29,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from loaders import make_loader
 from model import bits_per_dim, create_vae, harmonic_metric
 from train.checkpoint import VAE_FOLDER, checkpoint_name, commit_checkpoint, latest_checkpoint, partial_path, save_vae
-from train.config import TrainConfig, parse_config
+from train.config import parse_config
 from train.figures import save_grid, save_loss_curves
 from train.objective import EMA, STAT_NAMES, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
@@ -243,9 +244,12 @@ def step_record(state: TrainerState, means: list[float], images_per_s: float, wa
 
 def fixed_figure_images(shards: Path, device: torch.device) -> torch.Tensor:
     """The first 16 test images (fixed across epochs): 8 to reconstruct, and pairs to interpolate between."""
-    loader = make_loader("resident", shards / "test", 16, device, shuffle=False, drop_last=False)
-    loader.set_epoch(0)
-    return next(iter(loader)).images
+    from loaders.shards import decode_members, open_checked, read_members
+
+    split = open_checked(shards / "test")
+    rows = np.arange(min(16, len(split)))  # reading 16 members, not decoding the whole split
+    members = [data for _, data in read_members(split, rows)]
+    return torch.from_numpy(decode_members(split, rows, members)).to(device)
 
 
 @torch.no_grad()

@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from model import (NUM_DIMS, VAE, active_units, bits_per_dim, discretized_gaussian_nll, gaussian_nll,
-                   harmonic_metric, kl_diag_gaussian, kl_diag_gaussian_per_dim, to_model_range, to_uint8)
+from model import (NUM_DIMS, VAE, active_units, bits_per_dim, psnr_db, discretized_gaussian_nll, gaussian_nll,
+                   harmonic_metric, kl_diag_gaussian_per_dim, to_model_range, to_uint8)
 
 SumReducer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -207,7 +207,7 @@ def summarize(sums: dict, latent_dim: int, num_dims: int = NUM_DIMS) -> dict[str
                 "mc_neg_elbo": mean["mc_neg_elbo"], "mc_bpd": bits_per_dim(mean["mc_neg_elbo"], num_dims)}
     if "squared_error" in mean:
         mse = mean["squared_error"]
-        out |= {"mse": mse, "psnr": 10.0 * math.log10(255.0**2 / mse) if mse > 0 else math.inf}
+        out |= {"mse": mse, "psnr": psnr_db(mse) if mse > 0 else math.inf}
     if "fixed_sigma_nll" in mean:
         out |= {"fixed_sigma_nll": mean["fixed_sigma_nll"],
                 "fixed_sigma_nll_bpd": bits_per_dim(mean["fixed_sigma_nll"], num_dims),
