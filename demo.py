@@ -1,6 +1,7 @@
 """The whole chain in one command, ending in a report page:
 
-    data -> build-shards (+ verify) -> train -> eval -> bonus_1.py -> classifiers -> 3 edits -> report
+    data -> build-shards (+ verify) -> loader and trainer benchmarks -> train -> eval -> bonus_1.py
+         -> classifiers -> 3 edits -> report
 
 Uses the dataset at $CELEBA_ROOT when set, else makes the embedded synthetic CelebA. Training is sized for
 the machine: the `tiny` preset for a few minutes on CPU cores, the `base` preset on a GPU. Every step writes
@@ -10,6 +11,7 @@ finished ones are kept.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -42,9 +44,11 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
     from edit.classifier import main as classifier_main
     from edit.cli import main as edit_main
     from eval.cli import main as eval_main
+    from loaders.bench import main as loaders_bench_main
     from shard_builder.build import DATASET_JSON, BuildOptions, build
     from shard_builder.synthetic import generate
     from shard_builder.verify import verify
+    from train.bench import main as train_bench_main
     from train.run import main as train_main
 
     gpu = torch.cuda.is_available()
@@ -53,7 +57,8 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
     shards, run, edits = work / "shards", work / "vae", work / "edits"
     guide, judge = work / "classifiers" / "guide", work / "classifiers" / "judge"
     epochs = args.epochs or (30 if gpu else 4)
-    classifier_epochs = 10 if gpu else 4
+    classifier_epochs = args.classifier_epochs or (10 if gpu else 4)
+    bench = work / "bench"
 
     def make_data() -> None:
         if root.exists():  # an interrupted generation: its partial output is not worth keeping
@@ -75,6 +80,15 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
     steps = [
         Step("data", lambda: (root / "list_eval_partition.txt").is_file() or not synthetic, make_data),
         Step("shards", lambda: (shards / DATASET_JSON).is_file(), make_shards),
+        # Short runs (best of 1 on CPU): the report's throughput tables for this machine and this data.
+        Step("loader benchmark", (bench / "loaders.json").is_file,
+             lambda: call(loaders_bench_main, ["--root", root, "--shards", shards, "--json", bench / "loaders.json",
+                                               "--repeats", 3 if gpu else 1, "--seeds-images", 8192])),
+        Step("trainer benchmark", (bench / "train.json").is_file,
+             lambda: call(train_bench_main, ["--shards", shards, "--json", bench / "train.json",
+                                             *(["--preset", "base", "--steps", 30] if gpu else
+                                               ["--preset", "tiny", "--steps", 8, "--warmup", 2,
+                                                "--variants", "eager-fp32,eager-bf16"])])),
         Step("train", lambda: (run / "train_summary.json").is_file(),
              lambda: call(train_main, train_flags + (["--resume", "latest"] if (run / "checkpoints").is_dir() else []))),
         Step("eval", eval_json.is_file,
@@ -95,8 +109,12 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
         Step("edit identity", (edits / "identity" / "identity.json").is_file,
              lambda: call(edit_main, ["identity", *edit_common, "--out", edits / "identity"])),
     ]
+    source = f"CelebA at {root}" if not synthetic else f"synthetic CelebA ({args.synthetic_images:,} images)"
+    device = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores)"
     outputs = {"run": run, "eval_json": eval_json, "bonus_json": bonus_json,
-               "edit_dirs": {name: edits / name for name in ("amplify", "guide", "identity")}}
+               "edit_dirs": {name: edits / name for name in ("amplify", "guide", "identity")},
+               "bench_jsons": [bench / "loaders.json", bench / "train.json"],
+               "subtitle": f"{source}; {device}, torch {torch.__version__}"}
     return steps, outputs
 
 
@@ -105,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/demo"))
     parser.add_argument("--synthetic-images", type=int, default=6000)
     parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: 4 on CPU, 30 on a GPU)")
+    parser.add_argument("--classifier-epochs", type=int, default=0,
+                        help="guide/judge classifier epochs (0: 4 on CPU, 10 on a GPU)")
     args = parser.parse_args(argv)
     root = Path(os.environ["CELEBA_ROOT"]) if os.environ.get("CELEBA_ROOT") else None
     console.rule(f"demo on {'CelebA at ' + str(root) if root else 'synthetic CelebA'} -> {args.work}")
     steps, outputs = plan(args.work, root, args)
-    timings = {}
+    timings_file = args.work / "step_seconds.json"  # kept across re-runs: the report shows every step's time
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     for step in steps:
         if step.done():
             console.print(f"[dim]{step.name}: complete, skipped[/dim]")
@@ -122,13 +143,15 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[red]demo failed at step '{step.name}':[/red] {err}", soft_wrap=True)
             console.print(f"finished steps are kept in {args.work}; fix the cause and re-run to continue")
             return 1
-        timings[step.name] = time.perf_counter() - started
+        timings[step.name] = round(time.perf_counter() - started, 1)
+        timings_file.write_text(json.dumps(timings, indent=2) + "\n")
     from eval.report import write_report
 
-    bench = sorted(Path("bench_results").glob("*.json"))
+    step_times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
     page = write_report(args.work / "report", outputs["run"], outputs["eval_json"], outputs["bonus_json"],
-                        outputs["edit_dirs"], bench)
-    console.print("step times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
+                        outputs["edit_dirs"], outputs["bench_jsons"],
+                        subtitle=f"{outputs['subtitle']}; demo step times: {step_times}")
+    console.print(f"step times: {step_times}")
     console.print(f"[green]report:[/green] {page.resolve()}")
     return 0
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model import to_model_range
@@ -163,7 +164,9 @@ def load_classifier(path: Path | str, device: torch.device | str = "cpu") -> tup
     classifier = AttributeClassifier(cfg)
     try:
         classifier.load_state_dict(load_file(folder / WEIGHTS))
-    except Exception as err:  # safetensors raises its own error type for a damaged file
+    except SafetensorError as err:  # a damaged or truncated file
+        raise ClassifierError(f"{folder / WEIGHTS}: not a readable safetensors file ({err})") from None
+    except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise ClassifierError(f"{folder / WEIGHTS}: weights do not match the architecture in {folder / META} "
                               f"({first})") from None

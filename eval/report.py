@@ -1,26 +1,32 @@
-"""The report page: one static `index.html` (no server) gathering a run's design, metrics, curves and grids.
+"""The report page: one static `index.html` (no server) gathering a run's data, design, metrics, curves and grids.
 
-Everything shown is read from files the other stages wrote (the run's config and figures, eval / bonus
-JSON, the edit folders, benchmark JSON); images are copied next to the page so the folder can be moved
-or zipped as it is.
+Everything shown is read from files the other stages wrote (the shards' dataset.json, the run's config,
+metrics.jsonl and figures, eval / bonus JSON, the edit folders, benchmark JSON); images are copied next to
+the page so the folder can be moved or zipped as it is. Each section leads with a short table of the
+numbers that matter; every other field of its JSON sits in a collapsed "all fields" list below it.
 """
 from __future__ import annotations
 
 import html
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 CSS = """
-body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 0 auto; padding: 1em 1.5em; color: #222; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: .6em 0; font-size: 14px; }
-td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: top; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure { margin: 1em 0; } figcaption { color: #555; font-size: 13px; }
-img { max-width: 100%; height: auto; image-rendering: pixelated; border: 1px solid #eee; }
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 1180px; margin: 0 auto; padding: 1em 1.5em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }
+h3 { margin: 1.2em 0 .4em; font-size: 1.05em; }
+table { border-collapse: collapse; margin: .4em 0 .8em; font-size: 14px; }
+td, th { border: 1px solid #ddd; padding: .2em .55em; text-align: left; vertical-align: top; }
+th { background: #f6f6f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: .6em 0; } figcaption { color: #555; font-size: 13px; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.cols { display: flex; flex-wrap: wrap; gap: 0 2em; align-items: flex-start; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 0 1.2em; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .5em .8em; }
-nav a { margin-right: 1em; }
+details { margin: .4em 0 1em; } summary { cursor: pointer; color: #555; }
+nav a { margin-right: 1em; } .sub { color: #555; margin-top: 0; }
 """
 
 # Marks on <body> how many images the page has and how many failed to load (a browser test reads them).
@@ -28,65 +34,102 @@ IMAGE_CHECK = ("addEventListener('load', () => { const images = [...document.ima
                "document.body.dataset.images = images.length; "
                "document.body.dataset.brokenImages = images.filter(i => !i.complete || i.naturalWidth === 0).length; });")
 
+DESIGN = ("<p>Encoder/decoder in the style of the Stable Diffusion autoencoder (GroupNorm + SiLU), ResNeXt bottlenecks "
+          "(1×1 reduce, 3×3 grouped, 1×1 expand) with Squeeze-and-Excitation gating and LayerScale, strided-conv "
+          "downsampling and bilinear-upsample + conv upsampling with DC-AE non-parametric shortcuts, "
+          "<code>Linear(H'·W'·C', 2·latent)</code> into the latent and <code>Linear(latent, H'·W'·C')</code> out; "
+          "no global pooling. Trained with AdamW (warm-up + cosine), gradient clipping, EMA weights (used for "
+          "validation, figures and export) and KL annealing.</p>")
+
+# (key in the metrics JSON, label, unit); the headline rows of the test-metrics table.
+HEADLINE_METRICS = (
+    ("images", "test images", ""),
+    ("discretized_nll", "NLL −log p(x|z), discretized", "nats / image"),
+    ("nll_bpd", "NLL", "bits / dim"),
+    ("kl", "KL(q(z|x) ‖ p(z))", "nats / image"),
+    ("kl_bits_per_component", "KL", "bits / latent component"),
+    ("neg_elbo", "negative ELBO", "nats / image"),
+    ("bpd", "negative ELBO", "bits / dim"),
+    ("iw_bpd", "importance-weighted bound", "bits / dim"),
+    ("harmonic_n", "harmonic metric n", ""),
+    ("harmonic_k", "harmonic metric k", ""),
+    ("harmonic", "harmonic metric H = 2nk/(n+k)", ""),
+    ("active_units", "active latent components", ""),
+    ("psnr", "reconstruction PSNR (decoder mean at μ)", "dB"),
+    ("gaussian_nll_bpd", "continuous Gaussian NLL", "bits / dim"),
+)
+
 
 def _format(value) -> str:
     if isinstance(value, float):
-        return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.1f}"
+        return f"{value:,.4f}" if abs(value) < 100 else f"{value:,.1f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     if isinstance(value, (list, tuple)) and len(value) <= 8 and all(not isinstance(v, (dict, list)) for v in value):
         return ", ".join(_format(v) for v in value)
-    return html.escape(str(value))
+    return "" if value is None else html.escape(str(value))
 
 
-def flatten(data: dict, prefix: str = "", skip: tuple[str, ...] = ()) -> list[tuple[str, object]]:
-    """Nested dict -> [(dotted key, scalar)], long lists left out (they belong in figures)."""
+def flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested dict -> [(dotted key, scalar)], long lists and lists of records left out (figures and tables show them)."""
     rows = []
     for key, value in data.items():
-        if key in skip:
-            continue
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            rows += flatten(value, name + ".", skip)
-        elif isinstance(value, list) and (len(value) > 8 or any(isinstance(v, (dict, list)) for v in value)):
-            continue
-        else:
+            rows += flatten(value, name + ".")
+        elif not isinstance(value, list) or (len(value) <= 8 and all(not isinstance(v, (dict, list)) for v in value)):
             rows.append((name, value))
     return rows
 
 
-def table(rows: list[tuple[str, object]], header: tuple[str, str] = ("", "")) -> str:
-    head = f"<tr><th>{header[0]}</th><th>{header[1]}</th></tr>" if any(header) else ""
-    body = "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{_format(v)}</td></tr>" for k, v in rows)
-    return f"<table>{head}{body}</table>"
+def _cell(value) -> str:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"<td class='num'>{_format(value)}</td>" if numeric else f"<td>{_format(value)}</td>"
 
 
-def record_tables(data: dict) -> str:
-    """Every list of records in `data` (e.g. a benchmark's rows) as one multi-column table."""
-    out = ""
-    for key, value in data.items():
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            columns = [c for c in dict.fromkeys(k for row in value for k in row)
-                       if all(not isinstance(row.get(c), (dict, list)) for row in value)]
-            head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-            body = "".join("<tr>" + "".join(f"<td class='num'>{_format(row.get(c, ''))}</td>" for c in columns) + "</tr>"
-                           for row in value)
-            out += f"<p>{html.escape(key)}</p><table><tr>{head}</tr>{body}</table>"
-    return out
+def grid_table(header: list[str], rows: list[list]) -> str:
+    """A table with a header row; numbers right-aligned, snake_case headers shown with spaces (so they wrap)."""
+    head = "".join(f"<th>{html.escape(str(h).replace('_', ' '))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def pairs_table(rows: list[tuple[str, object]], header: tuple[str, str] = ("setting", "value")) -> str:
+    return grid_table(list(header), [list(row) for row in rows])
+
+
+def records_table(records: list[dict], columns: list[str]) -> str:
+    return grid_table(columns, [[record.get(c) for c in columns] for record in records])
+
+
+def matrix_table(data: dict[str, dict], corner: str = "") -> str:
+    """{row: {column: scalar}} -> a table with one row per outer key."""
+    columns = list(dict.fromkeys(c for inner in data.values() for c in inner))
+    return grid_table([corner, *columns], [[row.replace("_", " "), *(inner.get(c) for c in columns)]
+                                           for row, inner in data.items()])
+
+
+def all_fields(data: dict) -> str:
+    return f"<details><summary>all fields</summary>{pairs_table(flatten(data), ('field', 'value'))}</details>"
 
 
 class Page:
-    def __init__(self, out: Path, title: str):
+    def __init__(self, out: Path, title: str, subtitle: str = ""):
         self.out = out
         self.title = title
+        self.subtitle = subtitle
         self.sections: list[tuple[str, str]] = []
         (out / "img").mkdir(parents=True, exist_ok=True)
 
     def image(self, source: Path, caption: str) -> str:
         target = self.out / "img" / f"{len(list((self.out / 'img').iterdir())):03d}_{source.name}"
         shutil.copyfile(source, target)
-        return (f"<figure><img src='img/{target.name}' alt='{html.escape(caption)}'>"
+        return (f"<figure><a href='img/{target.name}'><img src='img/{target.name}' alt='{html.escape(caption)}'></a>"
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    def images(self, sources: list[Path]) -> str:
+        """Several figures side by side (two columns on a laptop screen); each opens full size on a click."""
+        return "<div class='grid'>" + "".join(self.image(s, s.stem.replace("_", " ")) for s in sources) + "</div>"
 
     def section(self, title: str, body: str) -> None:
         self.sections.append((title, body))
@@ -95,9 +138,10 @@ class Page:
         anchors = [f"s{i}" for i in range(len(self.sections))]
         nav = "".join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, (t, _) in zip(anchors, self.sections))
         body = "".join(f"<h2 id='{a}'>{html.escape(t)}</h2>{b}" for a, (t, b) in zip(anchors, self.sections))
+        subtitle = f"<p class='sub'>{html.escape(self.subtitle)}</p>" if self.subtitle else ""
         page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
                 f"content='width=device-width, initial-scale=1'><title>{html.escape(self.title)}</title>"
-                f"<style>{CSS}</style></head><body><h1>{html.escape(self.title)}</h1><nav>{nav}</nav>{body}"
+                f"<style>{CSS}</style></head><body><h1>{html.escape(self.title)}</h1>{subtitle}<nav>{nav}</nav>{body}"
                 f"<script>{IMAGE_CHECK}</script></body></html>")
         path = self.out / "index.html"
         path.write_text(page)
@@ -113,66 +157,165 @@ def _read_json(path: Path | None) -> dict | None:
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
-def write_report(out: Path, run: Path, eval_json: Path | None = None, bonus_json: Path | None = None,
-                 edit_dirs: dict[str, Path] | None = None, bench_jsons: list[Path] | None = None,
-                 title: str = "CelebA VAE report") -> Path:
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    page = Page(out, title)
-    config = _read_json(run / "config.json") or {}
-    summary = _read_json(run / "train_summary.json") or {}
-    model_json = _read_json(next(iter(sorted(run.glob("checkpoints/step-*/vae/model.json"))[-1:]), None))
-    design = ("<p>Encoder/decoder in the style of the Stable Diffusion autoencoder (GroupNorm + SiLU), ResNeXt "
-              "bottlenecks (1×1 reduce, 3×3 grouped, 1×1 expand) with Squeeze-and-Excitation gating and LayerScale, "
-              "strided-conv downsampling and bilinear-upsample + conv upsampling with DC-AE non-parametric shortcuts, "
-              "<code>Linear(H'·W'·C', 2·latent)</code> into the latent and <code>Linear(latent, H'·W'·C')</code> "
-              "out; no global pooling. Trained with AdamW (warm-up + cosine), gradient clipping, EMA weights and "
-              "KL annealing.</p>")
-    rows = flatten({"model": (model_json or {}).get("config", {}),
-                    "training": {k: v for k, v in config.items() if k not in ("resume", "debug_nan_at_step")},
-                    "run": {k: v for k, v in summary.items() if k != "last_epoch"}})
-    page.section("Design and hyperparameters", design + table(rows, ("setting", "value")))
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
-    evaluation = _read_json(eval_json)
-    bonus = _read_json(bonus_json)
-    if evaluation or bonus:
-        body = ""
-        if evaluation:
-            body += "<h3>python -m eval (test split)</h3>" + table(flatten(evaluation, skip=("kl_per_component",)),
-                                                                   ("metric", "value"))
-        if bonus:
-            body += "<h3>bonus_1.py</h3>" + table(flatten(bonus), ("metric", "value"))
-        body += ("<p class='note'>H goes to 0 as k goes to 0: a collapsed posterior (every latent equal to the prior) "
-                 "scores best while reconstructing nothing. Read H with the bits/dim and the number of active latent "
-                 "components beside it.</p>")
-        for figure in sorted(Path(eval_json).parent.glob("*.png")) if eval_json else []:
-            body += page.image(figure, figure.stem.replace("_", " "))
-        page.section("Test metrics", body)
 
-    figures = run / "figures"
+def data_section(shards: Path | None) -> str:
+    dataset = _read_json(shards / "dataset.json") if shards else None
+    if dataset is None:
+        return "<p>The run's shards (and their dataset.json) are not at the path in its config.</p>"
+    counts = dataset["counts"]
+    rows = [("shards", str(shards)), *((f"{split} images", n) for split, n in counts.items()),
+            ("image", f"{dataset['image_size']}×{dataset['image_size']}×{dataset['channels']} {dataset['layout']}"),
+            ("encoding", dataset["encoding"] + (f" (JPEG q{dataset['jpeg_quality']})" if dataset.get("jpeg_quality") else "")),
+            ("crop", f"{dataset['crop']['name']} {dataset['crop']['box']}"), ("resample", dataset["resample"]),
+            ("skipped source images", len(dataset.get("skipped", [])))]
+    return pairs_table(rows)
+
+
+def design_section(run: Path, config: dict, summary: dict) -> str:
+    model_json = _read_json(_latest(run, "checkpoints/step-*/vae/model.json")) or {}
+    model = dict(model_json.get("config", {}))
+    training = {k: v for k, v in config.items() if k not in ("resume", "debug_nan_at_step", "shards", "out")}
+    run_rows = [(k, v) for k, v in summary.items() if k != "last_epoch"]
+    if "parameters" in model_json:
+        run_rows.insert(0, ("parameters", model_json["parameters"]))
+    return (DESIGN + "<div class='cols'>"
+            + "".join(f"<div><h3>{title}</h3>{pairs_table(list(rows))}</div>"
+                      for title, rows in (("model", model.items()), ("training", training.items()), ("run", run_rows)))
+            + "</div>")
+
+
+def metrics_section(page: Page, eval_json: Path | None, bonus_json: Path | None) -> str:
+    evaluation, bonus = _read_json(eval_json), _read_json(bonus_json)
+    columns = {name: data["metrics"] for name, data in (("python -m eval", evaluation), ("bonus_1.py", bonus)) if data}
+    rows = []
+    for key, label, unit in HEADLINE_METRICS:
+        if any(key in metrics for metrics in columns.values()):
+            if key == "iw_bpd":
+                label += f" (K = {evaluation['iw_samples']})"
+            rows.append([label, *(metrics.get(key) for metrics in columns.values()), unit])
+    body = grid_table(["metric", *columns, "unit"], rows)
+    fixed = (evaluation or {}).get("fixed_sigma")
+    if fixed:
+        body += "<h3>fixed-sigma model: one global sigma fitted on the valid split</h3>" + pairs_table(list(fixed.items()))
+    warnings = (evaluation or {}).get("warnings") or []
+    body += "".join(f"<p class='note'>warning: {html.escape(w)}</p>" for w in warnings)
+    body += ("<p class='note'>H goes to 0 as k goes to 0: a collapsed posterior (every latent equal to the prior) "
+             "scores best while reconstructing nothing. Read H with the bits/dim and the number of active latent "
+             "components beside it.</p>")
+    if evaluation:
+        body += pairs_table([(k, v) for k, v in evaluation["units"].items()], ("unit", "meaning"))
+        body += page.images(sorted(Path(eval_json).parent.glob("*.png")))
+    for name, data in (("python -m eval", evaluation), ("bonus_1.py", bonus)):
+        if data:
+            body += f"<details><summary>{name}: all fields</summary>{pairs_table(flatten(data), ('field', 'value'))}</details>"
+    return body
+
+
+def training_section(page: Page, run: Path) -> str:
+    records = _read_jsonl(run / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    rows = []
+    for epoch in (r for r in records if r["kind"] == "epoch"):
+        # Each logged window's rate; the median keeps the window that holds validation from dominating.
+        windows = [s for s in steps if s["epoch"] == epoch["epoch"]]
+        rate = statistics.median(s["images_per_s"] for s in windows) if windows else None
+        wait = statistics.median(s["data_wait_share"] for s in windows) if windows else None
+        valid = epoch["valid"]
+        rows.append([epoch["epoch"], epoch["step"], epoch["train"]["gaussian_nll"], epoch["train"]["kl"],
+                     valid["gaussian_nll"], valid["kl"], valid["bpd"], valid["harmonic"], valid["active_units"],
+                     rate, None if wait is None else f"{100 * wait:.1f} %"])
     body = ""
-    for pattern, caption in (("loss_curves.png", "KL and Gaussian NLL, train and valid"),
-                             ("reconstructions_epoch*.png", "reconstructions (last epoch)"),
+    if rows:
+        body += grid_table(["epoch", "step", "train Gaussian NLL", "train KL", "valid Gaussian NLL", "valid KL",
+                            "valid bits/dim", "valid H", "active", "train img/s (median)", "data wait (median)"], rows)
+    figures = run / "figures"
+    for pattern, caption in (("loss_curves.png", "KL and Gaussian NLL, train and valid (nats / image)"),
+                             ("reconstructions_epoch*.png", "reconstructions, last epoch (EMA weights)"),
                              ("interpolation_epoch*.png", "interpolation between test images (μ, 10 steps)"),
                              ("samples_epoch*.png", "prior samples at temperatures 0.2, 0.5, 1.0, 1.5")):
         found = _latest(figures, pattern)
         if found is not None:
             body += page.image(found, caption)
-    page.section("Training curves and grids", body or "<p>No figures in the run folder.</p>")
+    return body or "<p>No metrics or figures in the run folder.</p>"
 
+
+def amplify_summary(data: dict) -> str:
+    rows = [[c["direction"], c["data_std"], c["score"], c["pixel_change_between_ends"],
+             ", ".join(f"{m['attribute']} {m['judge_prob_change']:+.2f}" for m in c["moves"][:3])]
+            for c in data["components"]]
+    return (f"<p>{data['basis']} basis, {data['active_directions']} active directions, α up to ±"
+            f"{data['alpha_max_std']} data std; ranked by how much the judge's attribute probabilities move.</p>"
+            + grid_table(["direction", "data std", "score", "pixel change between ends",
+                          "judge probability changes (−3σ → +3σ)"], rows)
+            + "<h3>ranking (top 10)</h3>"
+            + records_table(data["ranking"][:10], ["direction", "leading_attribute", "judge_prob_change", "score"]))
+
+
+def guide_summary(data: dict) -> str:
+    methods = ("guided", "mean_difference_matched", "mean_difference_full")
+    rows = [[c["change"], f"{c['guide_reached_target_prob']} / {len(c['subjects'])}",
+             c["reconstruction"]["judge_success"], *(c[m]["judge_success_rate"] for m in methods),
+             c["guided"]["other_attributes_mean_abs_change"], c["guided"]["psnr_to_reconstruction_db"]]
+            for c in data["changes"]]
+    return ("<p>Judge = an independently trained classifier (other architecture and seed) than the guide that "
+            "steers the latent; the mean-difference baselines move along the attribute's mean latent difference, "
+            "'matched' to the guided edit's latent distance.</p>"
+            + matrix_table(data["summary"], "method (mean over changes)")
+            + grid_table(["change", "guide reached target", "judge success on the reconstruction (before)", "judge success: guided",
+                          "mean diff. matched", "mean diff. full", "guided other |Δp|", "guided PSNR dB"], rows))
+
+
+def identity_summary(data: dict) -> str:
+    subspace = data["subspace"]
+    body = (f"<p>Identity subspace: {subspace['dims']} of {subspace['of']} latent dimensions, keeping "
+            f"{subspace['within_variance_share_kept']:.0%} of the within-identity variance "
+            f"({subspace['identities_used']} identities, {subspace['images_used']:,} images).</p>")
+    for anchor in data["anchors"]:
+        body += (f"<h3>anchor identity {anchor['identity']} ({anchor['images']} images)</h3>"
+                 + matrix_table(anchor["metrics"], "image set"))
+    return body
+
+
+EDIT_SUMMARIES = {"amplify": amplify_summary, "guide": guide_summary, "identity": identity_summary}
+
+
+def edit_section(page: Page, name: str, folder: Path) -> str:
+    data = _read_json(folder / f"{name}.json")
+    if data is None:
+        return f"<p>No {name}.json in {html.escape(str(folder))}.</p>"
+    return EDIT_SUMMARIES[name](data) + all_fields(data) + page.images(sorted(folder.glob("*.png")))
+
+
+def bench_section(benches: list[tuple[Path, dict]]) -> str:
+    body = ""
+    for path, data in benches:
+        rows = data.get("rows", [])
+        columns = [c for c in dict.fromkeys(k for row in rows for k in row)
+                   if all(not isinstance(row.get(c), (dict, list)) for row in rows)]
+        body += f"<h3>{html.escape(path.stem)}</h3>" + records_table(rows, columns) + all_fields(data)
+    return body
+
+
+def write_report(out: Path, run: Path, eval_json: Path | None = None, bonus_json: Path | None = None,
+                 edit_dirs: dict[str, Path] | None = None, bench_jsons: list[Path] | None = None,
+                 title: str = "CelebA VAE report", subtitle: str = "") -> Path:
+    out, run = Path(out), Path(run)
+    if out.exists():
+        shutil.rmtree(out)
+    page = Page(out, title, subtitle)
+    config = _read_json(run / "config.json") or {}
+    summary = _read_json(run / "train_summary.json") or {}
+    page.section("Data", data_section(Path(config["shards"]) if "shards" in config else None))
+    page.section("Design and hyperparameters", design_section(run, config, summary))
+    if (eval_json and eval_json.is_file()) or (bonus_json and bonus_json.is_file()):
+        page.section("Test metrics", metrics_section(page, eval_json, bonus_json))
+    page.section("Training", training_section(page, run))
     for name, folder in (edit_dirs or {}).items():
-        body = ""
-        for metrics in sorted(folder.glob("*.json")):
-            data = _read_json(metrics)
-            body += f"<h3>{html.escape(metrics.stem)}</h3>" + record_tables(data) + table(flatten(data), ("metric", "value"))
-        for grid in sorted(folder.glob("*.png")):
-            body += page.image(grid, grid.stem.replace("_", " "))
-        page.section(f"Editing: {name}", body or "<p>No outputs.</p>")
-
+        page.section(f"Editing: {name}", edit_section(page, name, folder))
     benches = [(path, _read_json(path)) for path in bench_jsons or [] if path.is_file()]
     if benches:
-        body = "".join(f"<h3>{html.escape(path.stem)}</h3>" + record_tables(data) + table(flatten(data), ("measure", "value"))
-                       for path, data in benches)
-        page.section("Benchmarks", body)
+        page.section("Benchmarks", bench_section(benches))
     return page.write()

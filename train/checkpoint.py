@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model import VAE, VAEConfig
@@ -31,7 +32,9 @@ def save_vae(folder: Path, vae: VAE, meta: dict, state_dict: dict[str, torch.Ten
     folder.mkdir(parents=True, exist_ok=True)
     weights = state_dict if state_dict is not None else vae.state_dict()
     save_file({name: value.detach().cpu().contiguous() for name, value in weights.items()}, folder / MODEL_WEIGHTS)
-    (folder / MODEL_JSON).write_text(json.dumps({"config": vae.cfg.to_dict(), **meta}, indent=2) + "\n")
+    parameters = sum(value.numel() for value in vae.parameters())
+    (folder / MODEL_JSON).write_text(json.dumps({"config": vae.cfg.to_dict(), "parameters": parameters, **meta},
+                                                indent=2) + "\n")
 
 
 def resolve_vae_folder(path: Path | str) -> Path:
@@ -61,6 +64,8 @@ def load_vae(path: Path | str, device: torch.device | str = "cpu") -> tuple[VAE,
         raise CheckpointError(f"{meta_path}: not a VAE config this code understands ({err})") from None
     try:
         vae.load_state_dict(load_file(folder / MODEL_WEIGHTS))
+    except SafetensorError as err:  # a damaged or truncated file
+        raise CheckpointError(f"{folder / MODEL_WEIGHTS}: not a readable safetensors file ({err})") from None
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{folder / MODEL_WEIGHTS}: weights do not match the architecture in {meta_path} "
