@@ -260,7 +260,13 @@ def guide_summary(data: dict) -> str:
              c["reconstruction"]["judge_success"], *(c[m]["judge_success_rate"] for m in methods),
              c["guided"]["other_attributes_mean_abs_change"], c["guided"]["psnr_to_reconstruction_db"]]
             for c in data["changes"]]
-    return ("<p>Judge = an independently trained classifier (other architecture and seed) than the guide that "
+    # A change the judge already sees on most reconstructions (the VAE lost the attribute) proves nothing.
+    lost = [f"{c['change']} ({c['reconstruction']['judge_success']}/{len(c['subjects'])})" for c in data["changes"]
+            if c["reconstruction"]["judge_success"] > len(c["subjects"]) / 2]
+    note = ("<p class='note'>The judge already sees the target on most reconstructions before any edit for: "
+            + ", ".join(lost) + ". The VAE does not reconstruct this attribute well enough for its success rate "
+            "to mean much.</p>") if lost else ""
+    return (note + "<p>Judge = an independently trained classifier (other architecture and seed) than the guide that "
             "steers the latent; the mean-difference baselines move along the attribute's mean latent difference, "
             "'matched' to the guided edit's latent distance.</p>"
             + matrix_table(data["summary"], "method (mean over changes)")
