@@ -2,8 +2,8 @@
 
 One pipeline definition for both devices, `device` switching where the work runs: on CUDA, JPEG members decode
 with nvJPEG (`device="mixed"`) and raw members go to the GPU whole; without a GPU the same graph runs CPU-only
-(`device_id=None`, `device="cpu"` decoding). The HWC -> CHW copy (dropping a raw member's label bytes on the
-way) happens after DALI, on the device. Labels are sliced out of the member bytes at the format's fixed
+(`device_id=None`, `device="cpu"` decoding). Pixels stay HWC (a channels_last batch, see `nchw`); a raw
+member's label bytes are dropped in the one copy out of DALI's buffer. Labels are sliced out of the member bytes at the format's fixed
 offset and checked against the manifest; keys come from each sample's source info
 (`<shard>:<offset>:<key>.<encoding>`, from the index), a key per member whatever the labels.
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from loaders.contract import Batch, Loader, LoaderError, epoch_order, to_device
+from loaders.contract import Batch, Loader, LoaderError, epoch_order, nchw, to_device
 from loaders.shards import check_labels
 from shard_builder import format as fmt
 from shard_builder.split import Split
@@ -50,7 +50,7 @@ class DaliLoader(Loader):
         count = len(split)
         # DALI's shard bounds (its reader's `start_index`): rank r reads samples [N*r//S, N*(r+1)//S).
         self.rank_samples = count * (rank + 1) // world_size - count * rank // world_size
-        self.row_of_key = {key: row for row, key in enumerate(split.keys.tolist())}
+        self.row_of_key = {key.encode(): row for row, key in enumerate(split.keys.tolist())}
 
     def _pipeline(self, epoch: int):
         from nvidia.dali import fn, pipeline_def, types
@@ -115,11 +115,11 @@ class DaliLoader(Loader):
             del pipe
 
     def _images(self, images_out, stream) -> torch.Tensor:
-        """DALI's output (raw: whole members; jpg: decoded HWC) -> contiguous uint8 [B,3,64,64] on the device.
+        """DALI's output (raw: whole members; jpg: decoded HWC) -> dense uint8 HWC pixels, viewed by `nchw`.
 
-        The label bytes are dropped and HWC becomes CHW in one copy on the device. On the CPU that copy is
-        numpy's, straight from DALI's buffer and on one thread: torch's OpenMP copy contends with DALI's
-        threads for the cores (10x slower on 2 cores, measured).
+        Our copy out of DALI's buffer (which DALI reuses) also drops a raw member's label bytes. On the CPU it
+        is numpy's row-wise memcpy on one thread: torch's OpenMP copy contends with DALI's threads for the
+        cores (10x slower on 2 cores, measured).
         """
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
@@ -127,23 +127,19 @@ class DaliLoader(Loader):
         hwc_shape = (batch_size, fmt.IMAGE_SIZE, fmt.IMAGE_SIZE, fmt.CHANNELS)
         if not self.gpu:
             array = np.asarray(images_out.as_tensor())  # a view of DALI's buffer
-            hwc = (array[:, fmt.LABEL_BYTES:] if raw else array).reshape(hwc_shape)
-            return torch.from_numpy(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)))
+            return nchw(np.ascontiguousarray(array[:, fmt.LABEL_BYTES:] if raw else array).reshape(hwc_shape))
         buffer = torch.empty((batch_size, fmt.LABEL_BYTES + fmt.RAW_PIXEL_BYTES) if raw else hwc_shape,
                              dtype=torch.uint8, device=self.device)
         # An asynchronous copy on the consumer's stream, ordered after DALI's work (as DALI's own iterator does).
         feed_ndarray(images_out.as_tensor(), buffer, cuda_stream=stream)
-        hwc = (buffer[:, fmt.LABEL_BYTES:] if raw else buffer).reshape(hwc_shape)
-        return hwc.permute(0, 3, 1, 2).contiguous()
+        return nchw((buffer[:, fmt.LABEL_BYTES:].contiguous() if raw else buffer).reshape(hwc_shape))
 
     def _rows(self, source_info: np.ndarray) -> np.ndarray:
         """[B, L] zero-padded `<shard>:<offset>:<key>.<encoding>` strings -> manifest rows."""
-        rows = []
-        for info in source_info:
-            text = info.tobytes().rstrip(b"\0").decode()
+        texts = np.ascontiguousarray(source_info).view(f"S{source_info.shape[1]}")[:, 0]  # numpy drops the padding
+        rows = [self.row_of_key.get(text.rsplit(b":", 1)[-1].rsplit(b".", 1)[0]) for text in texts.tolist()]
+        if None in rows:
+            text = texts[rows.index(None)].decode()
             key = text.rsplit(":", 1)[-1].rsplit(".", 1)[0]
-            row = self.row_of_key.get(key)
-            if row is None:
-                raise LoaderError(f"{text}: member {key!r} is not in {self.split.path / 'manifest.parquet'}")
-            rows.append(row)
+            raise LoaderError(f"{text}: member {key!r} is not in {self.split.path / 'manifest.parquet'}")
         return np.array(rows, dtype=np.int64)

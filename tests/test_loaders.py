@@ -49,7 +49,7 @@ def run_epoch(loader, epoch: int = 0, start_batch: int = 0) -> list[dict]:
     for batch in loader:
         size = loader.batch_size
         assert batch.images.shape == (size, 3, 64, 64) and batch.images.dtype == torch.uint8
-        assert batch.images.is_contiguous()
+        assert batch.images.is_contiguous(memory_format=torch.channels_last)
         assert batch.attributes.shape == (size, 40) and batch.attributes.dtype == torch.uint8
         assert batch.identities.shape == (size,) and batch.identities.dtype == torch.int64
         assert batch.mask.shape == (size,) and batch.mask.dtype == torch.bool and len(batch) == size

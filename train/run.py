@@ -244,12 +244,13 @@ def step_record(state: TrainerState, means: list[float], images_per_s: float, wa
 
 def fixed_figure_images(shards: Path, device: torch.device) -> torch.Tensor:
     """The first 16 test images (fixed across epochs): 8 to reconstruct, and pairs to interpolate between."""
+    from loaders.contract import nchw
     from loaders.shards import decode_members, open_checked, read_members
 
     split = open_checked(shards / "test")
     rows = np.arange(min(16, len(split)))  # reading 16 members, not decoding the whole split
     members = [data for _, data in read_members(split, rows)]
-    return torch.from_numpy(decode_members(split, rows, members)).to(device)
+    return nchw(decode_members(split, rows, members)).to(device)
 
 
 @torch.no_grad()
