@@ -35,12 +35,11 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from model import to_model_range
 from model.layers import num_groups
-from train.checkpoint import CheckpointError
+from train.checkpoint import CheckpointError, load_weights
 
 WEIGHTS = "classifier.safetensors"
 META = "classifier.json"
@@ -162,14 +161,7 @@ def load_classifier(path: Path | str, device: torch.device | str = "cpu") -> tup
     folder = resolve_classifier_folder(path)
     cfg, meta = read_classifier_config(folder)
     classifier = AttributeClassifier(cfg)
-    try:
-        classifier.load_state_dict(load_file(folder / WEIGHTS))
-    except SafetensorError as err:  # a damaged or truncated file
-        raise ClassifierError(f"{folder / WEIGHTS}: not a readable safetensors file ({err})") from None
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ClassifierError(f"{folder / WEIGHTS}: weights do not match the architecture in {folder / META} "
-                              f"({first})") from None
+    load_weights(classifier, folder / WEIGHTS, folder / META, ClassifierError)
     return classifier.to(device).eval().requires_grad_(False), meta
 
 

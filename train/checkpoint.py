@@ -51,6 +51,18 @@ def resolve_vae_folder(path: Path | str) -> Path:
     raise CheckpointError(f"{path}: no {MODEL_WEIGHTS} here, in {path / VAE_FOLDER}, or in {path / 'checkpoints'}")
 
 
+def load_weights(module: torch.nn.Module, weights: Path, meta_path: Path,
+                 error: type[CheckpointError] = CheckpointError) -> None:
+    """Load a safetensors file into `module`; a damaged file or a mismatch raises `error` naming the file."""
+    try:
+        module.load_state_dict(load_file(weights))
+    except SafetensorError as err:  # a damaged or truncated file
+        raise error(f"{weights}: not a readable safetensors file ({err})") from None
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise error(f"{weights}: weights do not match the architecture in {meta_path} ({first})") from None
+
+
 def load_vae(path: Path | str, device: torch.device | str = "cpu") -> tuple[VAE, dict]:
     """Rebuild the VAE a checkpoint describes and load its weights; returns (vae in eval mode, metadata)."""
     folder = resolve_vae_folder(path)
@@ -62,14 +74,7 @@ def load_vae(path: Path | str, device: torch.device | str = "cpu") -> tuple[VAE,
         vae = VAE(VAEConfig(**meta["config"]))
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{meta_path}: not a VAE config this code understands ({err})") from None
-    try:
-        vae.load_state_dict(load_file(folder / MODEL_WEIGHTS))
-    except SafetensorError as err:  # a damaged or truncated file
-        raise CheckpointError(f"{folder / MODEL_WEIGHTS}: not a readable safetensors file ({err})") from None
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{folder / MODEL_WEIGHTS}: weights do not match the architecture in {meta_path} "
-                              f"({first})") from None
+    load_weights(vae, folder / MODEL_WEIGHTS, meta_path)
     return vae.to(device).eval(), meta
 
 
