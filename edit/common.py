@@ -136,11 +136,12 @@ class EditContext:
 
     def images(self, name: str, rows: np.ndarray) -> torch.Tensor:
         """uint8 images of the given manifest rows of a split, on the device."""
+        from loaders.contract import nchw
         from loaders.resident import decode_split
 
         key = ("images", name)
         if key not in self._splits:
-            self._splits[key] = decode_split(self.split(name))
+            self._splits[key] = nchw(decode_split(self.split(name)))
         return self._splits[key][torch.as_tensor(np.asarray(rows), dtype=torch.long)].to(self.device)
 
     def latents(self, name: str, log=lambda message: None) -> torch.Tensor:

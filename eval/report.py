@@ -109,8 +109,8 @@ def matrix_table(data: dict[str, dict], corner: str = "") -> str:
                                            for row, inner in data.items()])
 
 
-def all_fields(data: dict) -> str:
-    return f"<details><summary>all fields</summary>{pairs_table(flatten(data), ('field', 'value'))}</details>"
+def all_fields(data: dict, label: str = "all fields") -> str:
+    return f"<details><summary>{html.escape(label)}</summary>{pairs_table(flatten(data), ('field', 'value'))}</details>"
 
 
 class Page:
@@ -210,7 +210,7 @@ def metrics_section(page: Page, eval_json: Path | None, bonus_json: Path | None)
         body += page.images(sorted(Path(eval_json).parent.glob("*.png")))
     for name, data in (("python -m eval", evaluation), ("bonus_1.py", bonus)):
         if data:
-            body += f"<details><summary>{name}: all fields</summary>{pairs_table(flatten(data), ('field', 'value'))}</details>"
+            body += all_fields(data, f"{name}: all fields")
     return body
 
 

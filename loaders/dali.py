@@ -137,9 +137,10 @@ class DaliLoader(Loader):
     def _rows(self, source_info: np.ndarray) -> np.ndarray:
         """[B, L] zero-padded `<shard>:<offset>:<key>.<encoding>` strings -> manifest rows."""
         texts = np.ascontiguousarray(source_info).view(f"S{source_info.shape[1]}")[:, 0]  # numpy drops the padding
-        rows = [self.row_of_key.get(text.rsplit(b":", 1)[-1].rsplit(b".", 1)[0]) for text in texts.tolist()]
+        keys = [text.rsplit(b":", 1)[-1].rsplit(b".", 1)[0] for text in texts.tolist()]
+        rows = [self.row_of_key.get(key) for key in keys]
         if None in rows:
-            text = texts[rows.index(None)].decode()
-            key = text.rsplit(":", 1)[-1].rsplit(".", 1)[0]
-            raise LoaderError(f"{text}: member {key!r} is not in {self.split.path / 'manifest.parquet'}")
+            i = rows.index(None)
+            raise LoaderError(f"{texts[i].decode()}: member {keys[i].decode()!r} is not in "
+                              f"{self.split.path / 'manifest.parquet'}")
         return np.array(rows, dtype=np.int64)

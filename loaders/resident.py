@@ -17,8 +17,8 @@ from shard_builder import format as fmt
 from shard_builder.split import Split
 
 
-def decode_split(split: Split, threads: int = 1) -> torch.Tensor:
-    """Every member of the split, decoded: uint8 [N,3,64,64] (channels_last) on the CPU, row i = manifest row i."""
+def decode_split(split: Split, threads: int = 1) -> np.ndarray:
+    """Every member of the split, decoded: dense uint8 HWC [N,64,64,3], row i = manifest row i."""
     hwc = np.empty((len(split), fmt.IMAGE_SIZE, fmt.IMAGE_SIZE, fmt.CHANNELS), dtype=np.uint8)
 
     def decode_shard(rows: np.ndarray) -> None:
@@ -29,7 +29,7 @@ def decode_split(split: Split, threads: int = 1) -> torch.Tensor:
     # PIL releases the GIL while it decodes, so threads help with JPEG shards.
     with ThreadPoolExecutor(max(1, threads)) as pool:
         list(pool.map(decode_shard, rows_by_shard(split)))
-    return nchw(hwc)
+    return hwc
 
 
 class ResidentLoader(Loader):
@@ -38,7 +38,7 @@ class ResidentLoader(Loader):
     def __init__(self, split: Split, batch_size: int, device: torch.device, rank: int, world_size: int,
                  seed: int, shuffle: bool, drop_last: bool, num_threads: int = 1) -> None:
         super().__init__(split, batch_size, device, rank, world_size, seed, shuffle, drop_last)
-        self.hwc = decode_split(split, num_threads).permute(0, 2, 3, 1).to(self.device)  # dense [N,64,64,3]
+        self.hwc = torch.from_numpy(decode_split(split, num_threads)).to(self.device)
         self.attributes = torch.from_numpy(split.attributes).to(self.device)
         self.identities = torch.from_numpy(split.identities.astype(np.int64)).to(self.device)
 
