@@ -45,7 +45,8 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
     from edit.cli import main as edit_main
     from eval.cli import main as eval_main
     from loaders.bench import main as loaders_bench_main
-    from shard_builder.build import DATASET_JSON, BuildOptions, build
+    from shard_builder.build import BuildOptions, build
+    from shard_builder.read import DATASET_JSON
     from shard_builder.synthetic import generate
     from shard_builder.verify import verify
     from train.bench import main as train_bench_main

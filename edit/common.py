@@ -19,8 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from edit.classifier import AttributeClassifier, load_classifier, read_classifier_config, resolve_classifier_folder
 from model import VAE, psnr_db, to_model_range, to_uint8
-from shard_builder.build import DATASET_JSON, load_dataset_json
-from shard_builder.split import Split, open_split
+from shard_builder.read import DATASET_JSON, Split, load_dataset_json, open_split
 from train.checkpoint import MODEL_WEIGHTS, load_vae, resolve_vae_folder
 
 

@@ -19,7 +19,7 @@ import torch
 from eval.sigma_fit import fit_global_logvar, histogram_nll
 from loaders import make_loader
 from model import NUM_DIMS, VAE, bits_per_dim, harmonic_metric
-from shard_builder.build import DATASET_JSON
+from shard_builder.read import DATASET_JSON
 from train.validate import ACTIVE_THRESHOLD, SumReducer, mu_variance, split_sums, summarize
 
 HARMONIC_FORMULA = "n = NLL/(D ln 2), k = KL/(d ln 2), H = 2nk/(n+k)"

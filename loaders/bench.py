@@ -28,9 +28,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from loaders import LoaderError, default_workers, make_loader
-from shard_builder.annotations import IMAGE_DIR, AnnotationError, resolve_root
-from shard_builder.build import BuildError, BuildOptions, build, load_dataset_json
+from common.device import default_device
+from common.errors import UserError, report_user_error
+from loaders import default_workers, make_loader
+from shard_builder.annotations import IMAGE_DIR, resolve_root
+from shard_builder.build import BuildOptions, build
+from shard_builder.read import load_dataset_json
 
 
 GOALS = {"streaming": 25, "resident": 100}  # x the seeds' loader, on the 2-core development machine
@@ -85,7 +88,7 @@ def build_shards(root: Path, cache: Path, encoding: str, console: Console) -> Pa
 
 
 def run(args: argparse.Namespace, console: Console) -> dict:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else default_device()
     workers = args.num_workers or default_workers()
     results = {"machine": platform.node(), "cpus": os.cpu_count(), "device": str(device),
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
@@ -177,9 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         console = Console(width=120)  # redirected (CI logs, BENCHMARKS.md): don't wrap the table at 80 columns
     try:
         results = run(args, console)
-    except (LoaderError, BuildError, AnnotationError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except UserError as err:  # LoaderError, BuildError, AnnotationError
+        return report_user_error(err)
     print_table(results, console)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

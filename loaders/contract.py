@@ -17,8 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from shard_builder.build import BuildError
-from shard_builder.split import Split
+from shard_builder.read import BuildError, Split
 
 
 class LoaderError(BuildError):
@@ -122,8 +121,6 @@ class Loader:
     an uninterrupted epoch `e` would have yielded from batch `k` on (mid-epoch resume). The state stays as
     set, so iterating twice without `set_epoch` repeats the epoch.
     """
-
-    kind = ""
 
     def __init__(self, split: Split, batch_size: int, device: torch.device, rank: int, world_size: int,
                  seed: int, shuffle: bool, drop_last: bool) -> None:

@@ -32,14 +32,12 @@ import torch
 from loaders.contract import Batch, Loader, LoaderError, epoch_order, nchw, to_device
 from loaders.shards import check_labels
 from shard_builder import format as fmt
-from shard_builder.split import Split
+from shard_builder.read import MANIFEST, Split
 
 SHUFFLE_BUFFER = 1000  # samples in DALI's reader shuffle buffer (`initial_fill`)
 
 
 class DaliLoader(Loader):
-    kind = "dali"
-
     def __init__(self, split: Split, batch_size: int, device: torch.device, rank: int, world_size: int,
                  seed: int, shuffle: bool, drop_last: bool, num_threads: int) -> None:
         super().__init__(split, batch_size, device, rank, world_size, seed, shuffle, drop_last)
@@ -127,12 +125,12 @@ class DaliLoader(Loader):
         hwc_shape = (batch_size, fmt.IMAGE_SIZE, fmt.IMAGE_SIZE, fmt.CHANNELS)
         if not self.gpu:
             array = np.asarray(images_out.as_tensor())  # a view of DALI's buffer
-            return nchw(np.ascontiguousarray(array[:, fmt.LABEL_BYTES:] if raw else array).reshape(hwc_shape))
-        buffer = torch.empty((batch_size, fmt.LABEL_BYTES + fmt.RAW_PIXEL_BYTES) if raw else hwc_shape,
-                             dtype=torch.uint8, device=self.device)
+            return nchw(fmt.split_raw_members(array)[1] if raw else np.ascontiguousarray(array))
+        buffer = torch.empty((batch_size, fmt.RAW_MEMBER_BYTES) if raw else hwc_shape, dtype=torch.uint8,
+                             device=self.device)
         # An asynchronous copy on the consumer's stream, ordered after DALI's work (as DALI's own iterator does).
         feed_ndarray(images_out.as_tensor(), buffer, cuda_stream=stream)
-        return nchw((buffer[:, fmt.LABEL_BYTES:].contiguous() if raw else buffer).reshape(hwc_shape))
+        return nchw(fmt.split_raw_members(buffer)[1] if raw else buffer)
 
     def _rows(self, source_info: np.ndarray) -> np.ndarray:
         """[B, L] zero-padded `<shard>:<offset>:<key>.<encoding>` strings -> manifest rows."""
@@ -142,5 +140,5 @@ class DaliLoader(Loader):
         if None in rows:
             i = rows.index(None)
             raise LoaderError(f"{texts[i].decode()}: member {keys[i].decode()!r} is not in "
-                              f"{self.split.path / 'manifest.parquet'}")
+                              f"{self.split.path / MANIFEST}")
         return np.array(rows, dtype=np.int64)

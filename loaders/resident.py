@@ -14,7 +14,7 @@ import torch
 from loaders.contract import Batch, Loader, epoch_plan, nchw, to_device
 from loaders.shards import decode_members, read_members, rows_by_shard
 from shard_builder import format as fmt
-from shard_builder.split import Split
+from shard_builder.read import Split
 
 
 def decode_split(split: Split, threads: int = 1) -> np.ndarray:
@@ -33,8 +33,6 @@ def decode_split(split: Split, threads: int = 1) -> np.ndarray:
 
 
 class ResidentLoader(Loader):
-    kind = "resident"
-
     def __init__(self, split: Split, batch_size: int, device: torch.device, rank: int, world_size: int,
                  seed: int, shuffle: bool, drop_last: bool, num_threads: int = 1) -> None:
         super().__init__(split, batch_size, device, rank, world_size, seed, shuffle, drop_last)

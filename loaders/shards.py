@@ -21,11 +21,11 @@ from PIL import Image
 
 from loaders.contract import LoaderError
 from shard_builder import format as fmt
-from shard_builder.build import DATASET_JSON, MANIFEST, BuildError, index_text
-from shard_builder.split import Split, open_split
+from shard_builder.read import (DATASET_JSON, MANIFEST, BuildError, Split, header_names, index_text, open_split,
+                                parse_header)
 
 TAR_BLOCK = 512
-RAW_MEMBER_BYTES = fmt.LABEL_BYTES + fmt.RAW_PIXEL_BYTES
+RAW_MEMBER_BYTES = fmt.RAW_MEMBER_BYTES
 READ_RUN = 64  # members per read: ~850 KB of raw members in one sequential read
 
 
@@ -82,23 +82,18 @@ def _check_shard(split: Split, shard: Path, rows: np.ndarray) -> None:
 
 
 def _check_header(split: Split, shard: Path, row: int, header: bytes) -> None:
-    expected = f"{split.keys[row]}.{split.encoding}".encode()
-    if header[:len(expected) + 1] == expected + b"\0" and header[124:135] == b"%011o" % split.size[row]:
-        return  # the fast path: name and size fields exactly as the builder (tarfile, USTAR) writes them
-    name = header[:100].rstrip(b"\0").decode(errors="replace")
-    try:
-        size = int(header[124:136].strip(b"\0 ") or b"-1", 8)
-    except ValueError:
-        size = -1
     expected = member_name(split, row)
-    if name == expected and size == split.size[row]:
+    if header_names(header, expected, int(split.size[row])):
         return
+    parsed = parse_header(header)
+    name, size = parsed or ("", -1)
+    if parsed == (expected, split.size[row]):
+        return  # written by another tar writer (e.g. a re-packed shard): same member, other header bytes
     at = int(split.offset[row]) - TAR_BLOCK
     if name.startswith(f"{split.keys[row]}.") and name != expected:
         raise LoaderError(f"{shard}: member {name!r} at byte {at:,}, but {split.path.parent / DATASET_JSON} says "
                           f"encoding {split.encoding!r} (shard built with another format?)")
-    readable = name and name.isprintable() and size >= 0
-    found = f"names {name!r} ({size} bytes)" if readable else "is not a valid tar header"
+    found = f"names {name!r} ({size} bytes)" if parsed and name.isprintable() else "is not a valid tar header"
     raise LoaderError(f"{shard}: the tar header at byte {at:,} {found}; the manifest puts {expected!r} "
                       f"({split.size[row]} bytes) there (corrupt shard or one from another build)")
 
@@ -157,11 +152,8 @@ def decode_members(split: Split, rows: np.ndarray, members: list[bytes]) -> np.n
     """Members of manifest `rows` -> dense uint8 HWC images [B, 64, 64, 3] (labels checked against the manifest)."""
     count = len(members)
     if split.encoding == "raw":
-        flat = np.frombuffer(b"".join(members), dtype=np.uint8).reshape(count, RAW_MEMBER_BYTES)
-        check_labels(split, rows, flat[:, :fmt.LABEL_BYTES])
-        # One more copy (a row-wise memcpy) makes the pixels dense without the labels.
-        hwc = np.ascontiguousarray(flat[:, fmt.LABEL_BYTES:]).reshape(count, fmt.IMAGE_SIZE, fmt.IMAGE_SIZE,
-                                                                       fmt.CHANNELS)
+        labels, hwc = fmt.split_raw_members(np.frombuffer(b"".join(members), dtype=np.uint8).reshape(count, -1))
+        check_labels(split, rows, labels)
     else:
         offset = fmt.LABEL_OFFSET["jpg"]
         labels = np.frombuffer(b"".join(m[offset:offset + fmt.LABEL_BYTES] for m in members), dtype=np.uint8)

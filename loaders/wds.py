@@ -37,7 +37,7 @@ import webdataset as wds
 
 from loaders.contract import Batch, Loader, LoaderError, epoch_order, nchw, to_device
 from loaders.shards import decode_members, read_members, rows_by_shard
-from shard_builder.split import Split
+from shard_builder.read import Split
 
 SHUFFLE_BUFFER = 1000  # samples (~13 MB of raw members per worker)
 
@@ -111,8 +111,6 @@ def _as_is(batch):
 
 
 class WebDatasetLoader(Loader):
-    kind = "webdataset"
-
     def __init__(self, split: Split, batch_size: int, device: torch.device, rank: int, world_size: int,
                  seed: int, shuffle: bool, drop_last: bool, num_workers: int) -> None:
         super().__init__(split, batch_size, device, rank, world_size, seed, shuffle, drop_last)

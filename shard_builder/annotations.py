@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserError
 from shard_builder.format import NUM_ATTRIBUTES, PARTITION_CODES
 
 IMAGE_DIR = "img_align_celeba"
@@ -18,7 +19,7 @@ IDENTITY_FILE = "identity_CelebA.txt"
 PARTITION_FILE = "list_eval_partition.txt"
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
     """A malformed, inconsistent or missing annotation; the message names file and line."""
 
 

@@ -24,15 +24,10 @@ from PIL import Image
 from shard_builder import format as fmt
 from shard_builder.annotations import IMAGE_DIR, CelebaAnnotations, read_annotations
 from shard_builder.parallel import run_parallel, tick
+from shard_builder.read import DATASET_JSON, MANIFEST, BuildError, index_text, member_tar_info
 
 BUILDER_VERSION = "1.0"
 SOURCE_SIZE = (178, 218)  # aligned CelebA, width x height
-DATASET_JSON = "dataset.json"
-MANIFEST = "manifest.parquet"
-
-
-class BuildError(RuntimeError):
-    """A problem with the input or the output folder; the message names the file."""
 
 
 class BadImageError(BuildError):
@@ -89,14 +84,6 @@ def encode_member(pixels: np.ndarray, labels: bytes, options: BuildOptions) -> b
     return fmt.insert_jpeg_labels(buffer.getvalue(), labels)
 
 
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
 @dataclass
 class ShardTask:
     root: Path
@@ -146,7 +133,7 @@ def _write_members(task: ShardTask, partial: Path) -> ShardResult:
             key = Path(name).stem
             data = encode_member(pixels, fmt.pack_labels(task.attributes[i], int(task.identities[i])), task.options)
             header_at = stream.tell()
-            tar.addfile(_tar_info(f"{key}.{task.options.encoding}", len(data)), io.BytesIO(data))
+            tar.addfile(member_tar_info(f"{key}.{task.options.encoding}", len(data)), io.BytesIO(data))
             result.keys.append(key)
             result.offsets.append(header_at + tarfile.BLOCKSIZE)
             result.sizes.append(len(data))
@@ -156,13 +143,6 @@ def _write_members(task: ShardTask, partial: Path) -> ShardResult:
         raise BuildError(f"{task.path}: every image of this shard was bad; nothing to write")
     result.kept = np.array(kept, dtype=np.int64)
     return result
-
-
-def index_text(encoding: str, keys: list[str], offsets: list[int], sizes: list[int]) -> str:
-    """DALI's webdataset index (v1.2, as `wds2idx` writes it): one line per sample, `ext offset size name`."""
-    lines = [f"v1.2 {len(keys)}"]
-    lines += [f"{encoding} {offset} {size} {key}.{encoding}" for key, offset, size in zip(keys, offsets, sizes)]
-    return "\n".join(lines) + "\n"
 
 
 def write_index(path: Path, encoding: str, keys: list[str], offsets: list[int], sizes: list[int]) -> None:
@@ -290,17 +270,3 @@ def build(root: Path, out: Path, options: BuildOptions, progress=None) -> BuildS
     }
     _atomic_write(out / DATASET_JSON, (json.dumps(dataset, indent=2) + "\n").encode())
     return BuildSummary(out, dataset, time.perf_counter() - started, sizes)
-
-
-def load_dataset_json(out: Path) -> dict:
-    path = Path(out) / DATASET_JSON
-    if not path.is_file():
-        raise BuildError(f"{path}: missing; {out} is not a complete shard build")
-    try:
-        dataset = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise BuildError(f"{path}: not valid JSON ({err})") from None
-    if dataset.get("format") != fmt.FORMAT_NAME or dataset.get("format_version") != fmt.FORMAT_VERSION:
-        raise BuildError(f"{path}: format {dataset.get('format')!r} v{dataset.get('format_version')} is not "
-                         f"{fmt.FORMAT_NAME} v{fmt.FORMAT_VERSION}")
-    return dataset

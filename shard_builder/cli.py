@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from common.errors import UserError, report_user_error
 from shard_builder import format as fmt
-from shard_builder.annotations import AnnotationError
-from shard_builder.build import BuildError, BuildOptions, build
+from shard_builder.build import BuildOptions, build
 from shard_builder.verify import verify
 
 
@@ -66,9 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                                samples_per_shard=args.samples_per_shard, seed=args.seed, workers=args.workers,
                                skip_bad=args.skip_bad)
         summary = _run_with_progress(console, "build", lambda update: build(args.root, args.out, options, update))
-    except (BuildError, AnnotationError) as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True, markup=True)
-        return 1
+    except UserError as err:  # BuildError, AnnotationError
+        return report_user_error(err)
     table = Table(title=f"{args.out} ({options.encoding}, crop {options.crop})")
     for column in ("split", "images", "shards", "MiB", "bytes/image"):
         table.add_column(column, justify="right" if column != "split" else "left")

@@ -26,6 +26,7 @@ CHANNELS = 3
 NUM_ATTRIBUTES = 40
 LABEL_BYTES = NUM_ATTRIBUTES + 4
 RAW_PIXEL_BYTES = IMAGE_SIZE * IMAGE_SIZE * CHANNELS
+RAW_MEMBER_BYTES = LABEL_BYTES + RAW_PIXEL_BYTES
 ENCODINGS = ("raw", "jpg")
 SPLITS = ("train", "valid", "test")
 PARTITION_CODES = {0: "train", 1: "valid", 2: "test"}
@@ -70,9 +71,17 @@ def pack_raw(pixels_hwc: np.ndarray, labels: bytes) -> bytes:
 
 def unpack_raw(data: bytes) -> np.ndarray:
     """Member bytes -> HWC uint8 pixels (a read-only view)."""
-    if len(data) != LABEL_BYTES + RAW_PIXEL_BYTES:
-        raise ValueError(f"raw member must be {LABEL_BYTES + RAW_PIXEL_BYTES} bytes, got {len(data)}")
+    if len(data) != RAW_MEMBER_BYTES:
+        raise ValueError(f"raw member must be {RAW_MEMBER_BYTES} bytes, got {len(data)}")
     return np.frombuffer(data, dtype=np.uint8, offset=LABEL_BYTES).reshape(IMAGE_SIZE, IMAGE_SIZE, CHANNELS)
+
+
+def split_raw_members(members):
+    """[B, RAW_MEMBER_BYTES] uint8 rows of raw members, a numpy array or a torch tensor -> (label blocks [B, 44],
+    a view; dense HWC pixels [B, 64, 64, 3], a copy: one row-wise memcpy drops the label bytes)."""
+    pixels = members[:, LABEL_BYTES:]
+    pixels = pixels.contiguous() if hasattr(pixels, "contiguous") else np.ascontiguousarray(pixels)
+    return members[:, :LABEL_BYTES], pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS)
 
 
 def insert_jpeg_labels(jpeg: bytes, labels: bytes) -> bytes:

@@ -15,9 +15,9 @@ from PIL import Image
 
 from shard_builder import format as fmt
 from shard_builder.annotations import IMAGE_DIR, resolve_root
-from shard_builder.build import BuildError, BuildOptions, encode_member, index_text, preprocess
+from shard_builder.build import BuildOptions, encode_member, preprocess
 from shard_builder.parallel import run_parallel, tick
-from shard_builder.split import Split, open_split
+from shard_builder.read import BuildError, Split, index_text, open_split
 
 
 class VerifyError(BuildError):

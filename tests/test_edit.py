@@ -124,7 +124,7 @@ def test_bad_input_exits_1_naming_the_value_or_file(trained, tmp_path, capsys):
 
     assert _edit(trained, "identity", out, "--min-anchor-images", "25", guide=False) == 1
     assert "need 3 anchors" in capsys.readouterr().err
-    from shard_builder.split import open_split
+    from shard_builder.read import open_split
 
     some_identity = int(open_split(trained["shards"] / "test").identities[0])
     assert _edit(trained, "identity", out, "--anchors", f"{some_identity},1,2", "--min-anchor-images", "25",

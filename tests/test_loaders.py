@@ -26,7 +26,7 @@ from PIL import Image
 from loaders import LOADER_KINDS, LoaderError, make_loader
 from shard_builder import format as fmt
 from shard_builder.build import write_index
-from shard_builder.split import open_split
+from shard_builder.read import open_split
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = pytest.mark.parametrize("kind", LOADER_KINDS)

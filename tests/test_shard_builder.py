@@ -15,9 +15,9 @@ from PIL import Image
 
 from shard_builder import format as fmt
 from shard_builder.annotations import AnnotationError
-from shard_builder.build import BuildError, BuildOptions, build
+from shard_builder.build import BuildOptions, build
 from shard_builder.cli import main as build_shards
-from shard_builder.split import open_split
+from shard_builder.read import BuildError, open_split
 from shard_builder.verify import VerifyError, verify
 
 

@@ -1,4 +1,4 @@
-"""Every PNG the project draws: image grids and loss curves (matplotlib), shared by train, eval and edit."""
+"""Every PNG the project draws (matplotlib): image grids, loss curves, the KL per component, effect curves, bars."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,18 +1,74 @@
-"""Open one built split (`OUT/<split>/`): its manifest, shard paths and labels, checked against dataset.json.
+"""The read side of the shard format: file names, `dataset.json`, DALI index text, member headers, and `open_split`.
 
-This is the read side of the format that every loader, `verify`, eval and edit go through, so a missing
-split folder, manifest or index, or a build of another format, is reported the same way everywhere.
+Every reader (the loaders, `verify`, eval, edit) and the writer go through these, so a missing split folder,
+manifest or index, or a build of another format, is reported the same way everywhere.
 """
 from __future__ import annotations
 
+import json
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from common.errors import UserError
 from shard_builder import format as fmt
-from shard_builder.build import MANIFEST, BuildError, load_dataset_json
+
+DATASET_JSON = "dataset.json"
+MANIFEST = "manifest.parquet"
+
+
+class BuildError(UserError):
+    """A problem with a shard build (or the input and output folders of one); the message names the file."""
+
+
+def load_dataset_json(out: Path | str) -> dict:
+    """The `dataset.json` of a complete build of this format (it is written last, so it marks completion)."""
+    path = Path(out) / DATASET_JSON
+    if not path.is_file():
+        raise BuildError(f"{path}: missing; {out} is not a complete shard build")
+    try:
+        dataset = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BuildError(f"{path}: not valid JSON ({err})") from None
+    if dataset.get("format") != fmt.FORMAT_NAME or dataset.get("format_version") != fmt.FORMAT_VERSION:
+        raise BuildError(f"{path}: format {dataset.get('format')!r} v{dataset.get('format_version')} is not "
+                         f"{fmt.FORMAT_NAME} v{fmt.FORMAT_VERSION}")
+    return dataset
+
+
+def index_text(encoding: str, keys: list[str], offsets: list[int], sizes: list[int]) -> str:
+    """DALI's webdataset index (v1.2, as `wds2idx` writes it): one line per sample, `ext offset size name`."""
+    lines = [f"v1.2 {len(keys)}"]
+    lines += [f"{encoding} {offset} {size} {key}.{encoding}" for key, offset, size in zip(keys, offsets, sizes)]
+    return "\n".join(lines) + "\n"
+
+
+def member_tar_info(name: str, size: int) -> tarfile.TarInfo:
+    """The tar header of a member as the builder writes it (USTAR, fixed metadata: byte-identical builds)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def header_names(header: bytes, name: str, size: int) -> bool:
+    """Whether a 512-byte tar header is the one for member `name` of `size` bytes: its name field (NUL-padded)
+    and its octal size field, compared as the bytes the builder writes, without parsing the header."""
+    expected = name.encode()
+    return header[:len(expected) + 1] == expected + b"\0" and header[124:135] == b"%011o" % size
+
+
+def parse_header(header: bytes) -> tuple[str, int] | None:
+    """(name, size) of a tar header, or None when it is not a valid one (for error messages)."""
+    try:
+        info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return None
+    return info.name, info.size
 
 
 @dataclass
@@ -52,9 +108,9 @@ def open_split(path: Path | str) -> Split:
     dataset = load_dataset_json(path.parent)
     name = path.name
     if name not in dataset.get("shards", {}):
-        raise BuildError(f"{path}: {path.parent / 'dataset.json'} lists no split named {name!r}")
+        raise BuildError(f"{path}: {path.parent / DATASET_JSON} lists no split named {name!r}")
     if dataset.get("encoding") not in fmt.ENCODINGS:
-        raise BuildError(f"{path.parent / 'dataset.json'}: unknown encoding {dataset.get('encoding')!r}")
+        raise BuildError(f"{path.parent / DATASET_JSON}: unknown encoding {dataset.get('encoding')!r}")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BuildError(f"{manifest_path}: manifest is missing")
