@@ -8,7 +8,7 @@
 
 The NLL is the discretized one (the probability mass of each pixel's 256-level bin, so >= 0): a continuous
 density NLL can be negative, and a harmonic mean of a negative number means nothing. The numbers come from
-the same pass as `python -m eval` (eval.core.evaluate, train.validate.split_sums) with the same seed and z
+the same pass as `python -m eval` (eval.core.evaluate, model.split_pass.split_sums) with the same seed and z
 samples, so the two commands agree. Needs only the checkpoint and the shards; CPU is fine.
 """
 from __future__ import annotations

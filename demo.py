@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 from rich.console import Console
 
+from common.device import default_device
+
 console = Console()
 
 
@@ -52,7 +54,7 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
     from train.bench import main as train_bench_main
     from train.run import main as train_main
 
-    gpu = torch.cuda.is_available()
+    gpu = default_device().type == "cuda"
     synthetic = root is None
     root = root or work / "synthetic" / "celeba"
     shards, run, edits = work / "shards", work / "vae", work / "edits"
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         timings[step.name] = round(time.perf_counter() - started, 1)
         timings_file.write_text(json.dumps(timings, indent=2) + "\n")
-    from eval.report import write_report
+    from report import write_report
 
     step_times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
     page = write_report(args.work / "report", outputs["run"], outputs["eval_json"], outputs["bonus_json"],

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from edit.common import GRID_SCALE, EditContext, EditError, choose_rows, edit_metrics, parse_ints, to_images
-from train.figures import save_effect_curves, save_grid
-from train.validate import ACTIVE_THRESHOLD
+from common.plots import save_effect_curves, save_grid
+from model.split_pass import ACTIVE_THRESHOLD
 
 
 def directions(mu: torch.Tensor, basis: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,15 +18,13 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from common.device import default_device
+from common.errors import UserError, report_user_error
 from edit.common import EditError, fmt_float, load_context
-from shard_builder.build import BuildError
-from train.checkpoint import CheckpointError
 
 console = Console()
-errors = Console(stderr=True)
 
 DEFAULT_CHANGES = "add:Eyeglasses,remove:Smiling,add:Bangs,add:Blond_Hair"
 
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.subjects < 1 or args.batch_size < 1:
             raise EditError("--subjects and --batch-size must be >= 1")
-        device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+        device = default_device(args.cpu)
         ctx = load_context(args.vae, args.judge, args.guide, args.shards, device, args.batch_size, not args.no_cache)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -151,9 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             report = {"amplify": amplify, "guide": guide, "identity": identity}[args.command].run(
                 ctx, args, out, console.print)
-    except (EditError, CheckpointError, BuildError) as err:  # ClassifierError and LoaderError are among these
-        errors.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False, soft_wrap=True)
-        return 1
+    except UserError as err:  # EditError, CheckpointError, ClassifierError, BuildError, LoaderError
+        return report_user_error(err)
     report = {"command": args.command, "vae": str(ctx.vae_folder), "judge": str(ctx.judge_folder),
               "guide": str(ctx.guide_folder) if ctx.guide_folder else None, "shards": str(ctx.shards),
               "seed": args.seed, "seconds": time.perf_counter() - started, **report,

@@ -17,16 +17,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from edit.classifier import AttributeClassifier, load_classifier, read_classifier_config, resolve_classifier_folder
+from common.errors import UserError
 from model import VAE, psnr_db, to_model_range, to_uint8
+from model.classifier import AttributeClassifier, load_classifier, read_classifier_config, resolve_classifier_folder
+from model.io import MODEL_WEIGHTS
 from shard_builder.read import DATASET_JSON, Split, load_dataset_json, open_split
-from train.checkpoint import MODEL_WEIGHTS, load_vae, resolve_vae_folder
+from train.checkpoint import load_vae, resolve_vae_folder
 
 
 GRID_SCALE = 2  # edit grids are drawn at twice the pixel size: 64x64 faces are too small to judge at 1x
 
 
-class EditError(RuntimeError):
+class EditError(UserError):
     """Unusable input for an edit (unknown attribute, too few images, mismatched models); names the value/file."""
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from edit.common import (GRID_SCALE, Change, EditContext, EditError, choose_rows, edit_metrics,
                          mean_difference_direction, parse_changes, to_images)
-from train.figures import save_grid, save_metric_bars
+from common.plots import save_grid, save_metric_bars
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from edit.common import (GRID_SCALE, EditContext, EditError, blank, choose_rows, low_frequency_correlation, parse_ints,
                          to_images)
-from train.figures import save_grid
+from common.plots import save_grid
 
 ANCHOR_SPLITS = ("test", "train")  # where anchors are looked for, in this order
 

@@ -20,13 +20,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from common.device import default_device
+from common.errors import UserError, report_user_error
+from common.plots import save_kl_per_component
 from eval.core import CAVEAT, HARMONIC_FORMULA, EvalError, EvalOptions, evaluate
 from loaders import LOADER_KINDS
-from shard_builder.build import BuildError
-from train.checkpoint import CheckpointError, load_vae, resolve_vae_folder
+from train.checkpoint import load_vae, resolve_vae_folder
 
 console = Console()
-errors = Console(stderr=True)
 
 
 @dataclass
@@ -65,8 +66,7 @@ def start_runtime(cpu: bool) -> Runtime:
 
         state = PartialState(cpu=cpu)
         return Runtime(state.device, state.process_index, state.num_processes, state.is_main_process, precision)
-    device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
-    return Runtime(device, 0, 1, True, precision)
+    return Runtime(default_device(cpu), 0, 1, True, precision)
 
 
 def common_parser(description: str, iw_default: int) -> argparse.ArgumentParser:
@@ -118,9 +118,8 @@ def run(args: argparse.Namespace, command: str, options: EvalOptions,
             show(report, out)
             console.print(f"report: {path}")
         return 0
-    except (CheckpointError, BuildError, EvalError) as err:  # LoaderError is a BuildError
-        errors.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False, soft_wrap=True)
-        return 1
+    except UserError as err:  # CheckpointError, BuildError, LoaderError, EvalError
+        return report_user_error(err)
     finally:
         if runtime is not None:
             runtime.close()
@@ -136,8 +135,6 @@ def print_caveat(report: dict) -> None:
 
 
 def _show_eval(report: dict, out: Path) -> None:
-    from train.figures import save_kl_per_component
-
     m, d = report["metrics"], report["latent_dim"]
     table = Table(title=f"{report['checkpoint']} on {report['split']} ({m['images']:,} images, seed "
                         f"{report['seed']}, {report['z_samples']} z sample(s) per image)")

@@ -3,7 +3,7 @@
     vae, meta = load_vae(checkpoint, device)
     report = evaluate(vae, "shards/test", device, EvalOptions(iw_samples=16), reduce_sum=...)
 
-All math comes from `model` (likelihoods, KL, metrics) through `train.validate.split_sums`, the pass the trainer
+All math comes from `model` (likelihoods, KL, metrics) through `model.split_pass.split_sums`, the pass the trainer
 validates with; this module picks the passes (an optional valid pass to fit one global sigma for a fixed-sigma
 model, then the test pass), and turns the reduced sums into a JSON-ready report.
 """
@@ -16,18 +16,19 @@ from typing import Callable
 
 import torch
 
+from common.errors import UserError
 from eval.sigma_fit import fit_global_logvar, histogram_nll
 from loaders import make_loader
 from model import NUM_DIMS, VAE, bits_per_dim, harmonic_metric
+from model.split_pass import ACTIVE_THRESHOLD, SumReducer, mu_variance, split_sums, summarize
 from shard_builder.read import DATASET_JSON
-from train.validate import ACTIVE_THRESHOLD, SumReducer, mu_variance, split_sums, summarize
 
 HARMONIC_FORMULA = "n = NLL/(D ln 2), k = KL/(d ln 2), H = 2nk/(n+k)"
 CAVEAT = ("H goes to 0 as k goes to 0, so a collapsed posterior (every latent equal to the prior) scores best while "
           "reconstructing nothing: read H together with bits/dim and the number of active components.")
 
 
-class EvalError(RuntimeError):
+class EvalError(UserError):
     """Unusable input for evaluation (an empty split, a shards root instead of a split); names the path."""
 
 

@@ -7,7 +7,7 @@ NLL on the valid split (fitted on valid, applied to test: no peeking at test).
 
 The fit needs the NLL at many sigmas but one pass over valid: a fixed-sigma bin mass depends only on the
 mean's distance to the bin (interior levels) or past the open bin's edge (levels 0 and 255), so the pass keeps
-histograms of those distances (`train.validate.residual_histograms`) and the shared discretized NLL is
+histograms of those distances (`model.split_pass.residual_histograms`) and the shared discretized NLL is
 evaluated on the histogram bins for each candidate sigma. The test pass then computes the exact NLL at the
 fitted sigma.
 """
@@ -18,7 +18,7 @@ import math
 import torch
 
 from model import NUM_DIMS, discretized_gaussian_nll_per_pixel
-from train.validate import RESIDUAL_RANGE
+from model.split_pass import RESIDUAL_RANGE
 
 GRID = (-16.0, 2.0, 0.25)  # log-variance scan in model units: sigma from 0.04 to 350 grey levels
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0

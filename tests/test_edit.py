@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edit.classifier import ClassifierError, load_classifier, main as classifier_main
+from edit.classifier import main as classifier_main
+from model.classifier import ClassifierError, load_classifier
 from edit.cli import main as edit_main
 from edit.common import EditError, attribute_index, parse_changes
 from shard_builder.synthetic import ATTRIBUTE_NAMES

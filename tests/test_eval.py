@@ -18,8 +18,9 @@ from eval.core import EvalOptions, evaluate
 from eval.sigma_fit import histogram_nll
 from loaders import make_loader
 from model import create_vae, harmonic_metric
-from train.checkpoint import load_vae, save_vae
-from train.validate import add_sums, posterior_noise, split_sums, summarize
+from model.io import save_vae
+from train.checkpoint import load_vae
+from model.split_pass import posterior_noise, split_sums, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 D = 3 * 64 * 64
@@ -40,6 +41,16 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
         collapsed.encoder.to_latent.weight[:128].zero_()
     save_vae(root / "collapsed", collapsed, {"step": 0})
     return {"learned": root / "learned", "fixed": root / "fixed", "collapsed": root / "collapsed"}
+
+
+def add_sums(*parts: dict) -> dict:
+    """Sum the outputs of several `split_sums` calls (e.g. one per simulated rank, each with an identity reducer)."""
+    out = dict(parts[0])
+    for part in parts[1:]:
+        for name, value in part.items():
+            if isinstance(value, torch.Tensor):
+                out[name] = out[name] + value
+    return out
 
 
 def _evaluate(checkpoint: Path, split: Path, **options) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import demo
-from eval.report import write_report
+from report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

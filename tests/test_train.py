@@ -136,7 +136,7 @@ def test_perceptual_network_needs_local_weights(tmp_path, monkeypatch):
 
 
 def test_perceptual_loss_from_the_projects_own_classifier(tmp_path):
-    from edit.classifier import AttributeClassifier, ClassifierConfig, save_classifier
+    from model.classifier import AttributeClassifier, ClassifierConfig, save_classifier
     from train.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match=str(tmp_path / "missing")):

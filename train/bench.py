@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from common.device import default_device
 from loaders import LOADER_KINDS, make_loader
 from model import create_vae
 from train.objective import VAEObjective
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="eager-fp32,eager-bf16,compiled-fp32,compiled-bf16")
     parser.add_argument("--json", type=Path, default=Path("bench_results/train.json"))
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     console = Console()
     split = args.shards / "train"
     rows = []

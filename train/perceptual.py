@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from common.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Feature taps per torchvision architecture: enough depth for texture/shape, cheap at 64x64.
@@ -19,7 +21,7 @@ TORCHVISION_TAPS = {"resnet18": ("layer1", "layer2", "layer3"), "resnet50": ("la
                     "vgg16": ("features.8", "features.15", "features.22")}
 
 
-class PerceptualError(RuntimeError):
+class PerceptualError(UserError):
     pass
 
 
@@ -72,8 +74,8 @@ def build_perceptual(spec: str, device: torch.device) -> nn.Module:
         network = _torchvision_network(name)
         return FeatureDistance(network, TORCHVISION_TAPS[name], IMAGENET_MEAN, IMAGENET_STD).to(device)
     if kind == "classifier" and name:
-        # The classifier lives with the editing stage; it takes [-1, 1] inputs, hence mean = std = 0.5 here.
-        from edit.classifier import load_classifier
+        # The classifier takes [-1, 1] inputs, hence mean = std = 0.5 here.
+        from model.classifier import load_classifier
 
         network, _ = load_classifier(Path(name))
         return FeatureDistance(network, ("stem", "body"), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).to(device)

@@ -29,12 +29,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from loaders import make_loader
 from model import bits_per_dim, create_vae, harmonic_metric
-from train.checkpoint import VAE_FOLDER, checkpoint_name, commit_checkpoint, latest_checkpoint, partial_path, save_vae
+from model.io import save_vae
+from train.checkpoint import VAE_FOLDER, checkpoint_name, commit_checkpoint, latest_checkpoint, partial_path
 from train.config import parse_config
-from train.figures import save_grid, save_loss_curves
+from common.plots import save_grid, save_loss_curves
 from train.objective import EMA, STAT_NAMES, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
-from train.validate import split_sums, summarize
+from model.split_pass import split_sums, summarize
 
 console = Console()
 

@@ -1,4 +1,4 @@
-"""The report page: one static `index.html` (no server) gathering a run's data, design, metrics, curves and grids.
+"""The demo's report page: one static `index.html` (no server) gathering a run's data, design, metrics, curves and grids.
 
 Everything shown is read from files the other stages wrote (the shards' dataset.json, the run's config,
 metrics.jsonl and figures, eval / bonus JSON, the edit folders, benchmark JSON); images are copied next to
@@ -12,6 +12,8 @@ import json
 import shutil
 import statistics
 from pathlib import Path
+
+from eval.core import CAVEAT
 
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1180px; margin: 0 auto; padding: 1em 1.5em; color: #222; }
@@ -202,9 +204,7 @@ def metrics_section(page: Page, eval_json: Path | None, bonus_json: Path | None)
         body += "<h3>fixed-sigma model: one global sigma fitted on the valid split</h3>" + pairs_table(list(fixed.items()))
     warnings = (evaluation or {}).get("warnings") or []
     body += "".join(f"<p class='note'>warning: {html.escape(w)}</p>" for w in warnings)
-    body += ("<p class='note'>H goes to 0 as k goes to 0: a collapsed posterior (every latent equal to the prior) "
-             "scores best while reconstructing nothing. Read H with the bits/dim and the number of active latent "
-             "components beside it.</p>")
+    body += f"<p class='note'>{html.escape(CAVEAT)}</p>"
     if evaluation:
         body += pairs_table([(k, v) for k, v in evaluation["units"].items()], ("unit", "meaning"))
         body += page.images(sorted(Path(eval_json).parent.glob("*.png")))

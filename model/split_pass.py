@@ -1,8 +1,9 @@
 """One pass over a split: per-image sums of the SPEC section-4 quantities, reduced exactly over ranks.
 
 Used by the trainer (validation at every epoch end), `python -m eval` and `bonus_1.py`: one code path, so
-their numbers agree. Sums (not means) are reduced, and padding repeats are masked out, so 1 rank and N ranks
-give the same totals and no sample counts twice.
+their numbers agree (it sits in `model/` because the trainer, a stage before eval, validates with it). Sums
+(not means) are reduced, and padding repeats are masked out, so 1 rank and N ranks give the same totals and
+no sample counts twice.
 
 Posterior noise is keyed by image, not by batch: image `key` draws eps_0, eps_1, ... from its own generator
 seeded by (seed, key), on the CPU. So the result depends on the seed and the number of z samples only, not on
@@ -17,8 +18,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from model import (NUM_DIMS, VAE, active_units, bits_per_dim, psnr_db, discretized_gaussian_nll, gaussian_nll,
-                   harmonic_metric, kl_diag_gaussian_per_dim, to_model_range, to_uint8)
+from model.likelihood import (NUM_DIMS, active_units, bits_per_dim, discretized_gaussian_nll, gaussian_nll,
+                              harmonic_metric, kl_diag_gaussian_per_dim, psnr_db, to_model_range, to_uint8)
+from model.vae import VAE
 
 SumReducer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -156,16 +158,6 @@ def totals_names(iw_samples: int, reconstructions: bool, fixed_logvar: float | N
     names += ["squared_error"] if reconstructions else []
     names += ["fixed_sigma_nll"] if fixed_logvar is not None else []
     return names
-
-
-def add_sums(*parts: dict) -> dict:
-    """Sum the outputs of several `split_sums` calls (e.g. one per simulated rank, each with an identity reducer)."""
-    out = dict(parts[0])
-    for part in parts[1:]:
-        for name, value in part.items():
-            if isinstance(value, torch.Tensor):
-                out[name] = out[name] + value
-    return out
 
 
 def mu_variance(sums: dict) -> torch.Tensor:
