@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.flags import add_flags, from_flags
+
 
 @dataclass
 class TrainConfig:
@@ -57,12 +59,5 @@ class TrainConfig:
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(description="Train the CelebA VAE (launch with `accelerate launch`).")
-    for spec in dataclasses.fields(TrainConfig):
-        flag = "--" + spec.name.replace("_", "-")
-        if spec.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=spec.default)
-        else:
-            kind = {"int": int, "float": float, "str": str}[spec.type if isinstance(spec.type, str) else spec.type.__name__]
-            parser.add_argument(flag, type=kind, default=spec.default)
-    return TrainConfig(**vars(parser.parse_args(argv)))
-
+    add_flags(parser, TrainConfig)
+    return from_flags(TrainConfig, parser.parse_args(argv))
