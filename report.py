@@ -179,7 +179,7 @@ def data_section(shards: Path | None) -> str:
 def design_section(run: Path, config: dict, summary: dict) -> str:
     model_json = _read_json(_latest(run, "checkpoints/step-*/vae/model.json")) or {}
     model = dict(model_json.get("config", {}))
-    training = {k: v for k, v in config.items() if k not in ("resume", "debug_nan_at_step", "shards", "out")}
+    training = {k: v for k, v in config.items() if k not in ("resume", "shards", "out")}
     run_rows = [(k, v) for k, v in summary.items() if k != "last_epoch"]
     if "parameters" in model_json:
         run_rows.insert(0, ("parameters", model_json["parameters"]))

@@ -47,7 +47,6 @@ class TrainConfig:
     keep_checkpoints: int = 2
     figures: bool = True  # per-epoch PNG figures
     resume: str = ""  # a checkpoint folder, or "latest" (the newest in OUT/checkpoints)
-    debug_nan_at_step: int = -1  # tests: make the loss non-finite at this step
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

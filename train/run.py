@@ -4,8 +4,8 @@
     python train/run.py --shards shards --out runs/tiny --preset tiny --epochs 2                # CPU
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 train/run.py --shards shards ...         # 2 CPU ranks
 
-Reads top to bottom: config -> Accelerate -> loaders -> model, optimizer, EMA -> compile + DDP -> resume
--> one loop with logging, checkpoints, per-epoch validation and figures.
+Reads top to bottom: `setup` (config, Accelerate, loaders, model, optimizer, EMA, compile + DDP, resume), then
+`main`'s loop of `train_one_epoch` and `end_of_epoch` (validation with the EMA weights, figures), then `finish`.
 """
 from __future__ import annotations
 
@@ -20,59 +20,109 @@ from pathlib import Path
 if __package__ in (None, ""):  # `accelerate launch train/run.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from loaders import make_loader
-from model import bits_per_dim, create_vae, harmonic_metric
+from loaders import Loader, make_loader
+from model import VAE, bits_per_dim, create_vae, harmonic_metric
 from model.io import save_vae
+from model.split_pass import split_sums, summarize
 from train.checkpoint import VAE_FOLDER, checkpoint_name, commit_checkpoint, latest_checkpoint, partial_path
-from train.config import parse_config
-from common.plots import save_grid, save_loss_curves
+from train.config import TrainConfig, parse_config
+from train.figures import fixed_figure_images, write_figures
 from train.objective import EMA, STAT_NAMES, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
-from model.split_pass import split_sums, summarize
 
 console = Console()
-
-
-@dataclass
-class TrainerState:
-    """Where the run is; checkpointed with the rest so `--resume` continues exactly."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    epoch_sums: list[float] = field(default_factory=lambda: [0.0] * (len(STAT_NAMES) + 1))  # stats + count
-    steps_log: list[dict] = field(default_factory=list)
-    epochs_log: list[dict] = field(default_factory=list)
-
-    def state_dict(self) -> dict:
-        return dict(vars(self))
-
-    def load_state_dict(self, state: dict) -> None:
-        vars(self).update(state)
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(argv)
-    out = cfg.out_path
+@dataclass
+class TrainerState:
+    """Where the run is; checkpointed with the rest so `--resume` continues exactly. The epoch is the number of
+    validated epochs, and the position inside it follows from the step (`Run.batch_in_epoch`)."""
+
+    step: int
+    epoch_sums: torch.Tensor  # this rank's sums of the STAT_NAMES over the epoch's images, then their count
+    steps_log: list[dict] = field(default_factory=list)
+    epochs_log: list[dict] = field(default_factory=list)
+
+    @property
+    def epoch(self) -> int:
+        return len(self.epochs_log)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch_sums": self.epoch_sums, "steps_log": self.steps_log,
+                "epochs_log": self.epochs_log}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.steps_log, self.epochs_log = state["step"], state["steps_log"], state["epochs_log"]
+        self.epoch_sums.copy_(state["epoch_sums"])
+
+
+@dataclass
+class LogWindow:
+    """Throughput, data wait and stat means over the steps since the last log line."""
+
+    stats_sum: torch.Tensor
+    started: float = field(default_factory=time.perf_counter)
+    waited: float = 0.0
+    steps: int = 0
+
+    def reset(self) -> None:
+        self.stats_sum.zero_()
+        self.started, self.waited, self.steps = time.perf_counter(), 0.0, 0
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built once by `setup`."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    train_loader: Loader
+    valid_loader: Loader
+    vae: VAE
+    ema: EMA
+    ema_vae: VAE  # the EMA weights are copied in to validate, draw and export
+    step_module: torch.nn.Module  # the (compiled, DDP-wrapped) VAEObjective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    state: TrainerState
+    window: LogWindow
+    progress: Progress
+    metrics_file: object | None  # rank 0 appends metrics.jsonl
+    figure_images: torch.Tensor | None
+
+    @property
+    def out(self) -> Path:
+        return self.cfg.out_path
+
+    @property
+    def batch_in_epoch(self) -> int:
+        return self.state.step - self.state.epoch * len(self.train_loader)
+
+    def log_record(self, record: dict) -> None:
+        if self.metrics_file:
+            self.metrics_file.write(json.dumps(record) + "\n")
+            self.metrics_file.flush()
+
+
+def setup(cfg: TrainConfig) -> Run:
     on_cuda = torch.cuda.is_available()
     precision = {"auto": "bf16" if on_cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.precision]
     accelerator = Accelerator(mixed_precision=precision)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     set_seed(cfg.seed)  # the same initial weights on every rank
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(cfg.to_json() + "\n")
+        cfg.out_path.mkdir(parents=True, exist_ok=True)
+        (cfg.out_path / "config.json").write_text(cfg.to_json() + "\n")
 
     # Data: every loader delivers uint8 batches already on `device`; ranks get disjoint, equal parts.
     shards = Path(cfg.shards)
@@ -80,10 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                                seed=cfg.seed, shuffle=True, drop_last=True, num_workers=cfg.num_workers)
     valid_loader = make_loader(cfg.loader, shards / "valid", cfg.batch_size, device, rank=rank, world_size=world,
                                seed=cfg.seed, shuffle=False, drop_last=False, num_workers=cfg.num_workers)
-    steps_per_epoch = len(train_loader)
-    total_steps = cfg.epochs * steps_per_epoch  # the LR schedule's length; --max-steps only stops early
+    total_steps = cfg.epochs * len(train_loader)  # the LR schedule's length; --max-steps only stops early
 
-    # Model, objective, optimizer, EMA.
     overrides = {"likelihood": cfg.likelihood} | ({"latent_dim": cfg.latent_dim} if cfg.latent_dim else {})
     vae = create_vae(cfg.preset, **overrides).to(device)
     perceptual = build_perceptual(cfg.perceptual, device) if cfg.perceptual else None
@@ -96,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
     ema = EMA(vae, cfg.ema_decay)
-    ema_vae = copy.deepcopy(vae).eval().requires_grad_(False)  # EMA weights are copied in to evaluate
-    state = TrainerState()
+    ema_vae = copy.deepcopy(vae).eval().requires_grad_(False)
+    state = TrainerState(0, torch.zeros(len(STAT_NAMES) + 1, device=device, dtype=torch.float64))
 
     # Compile once (not per epoch), then DDP. The scheduler is stepped by hand, not prepared: Accelerate
     # would step it once per process.
@@ -105,178 +153,149 @@ def main(argv: list[str] | None = None) -> int:
     step_module = torch.compile(objective) if use_compile else objective
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     accelerator.register_for_checkpointing(scheduler, ema, state)
-
     if cfg.resume:
-        resume_from = latest_checkpoint(out) if cfg.resume == "latest" else Path(cfg.resume)
+        resume_from = latest_checkpoint(cfg.out_path) if cfg.resume == "latest" else Path(cfg.resume)
         if resume_from is None:
-            raise SystemExit(f"--resume latest: no checkpoint in {out / 'checkpoints'}")
+            raise SystemExit(f"--resume latest: no checkpoint in {cfg.out_path / 'checkpoints'}")
         accelerator.load_state(str(resume_from))
-        console.print(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+        console.print(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch})")
 
-    def save_checkpoint() -> Path:
-        final = out / "checkpoints" / checkpoint_name(state.step)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(partial_path(final)))
-        if accelerator.is_main_process:
-            save_vae(partial_path(final) / VAE_FOLDER, vae, {"step": state.step, "epoch": state.epoch,
-                                                             "shards": str(shards), "dataset": train_loader.split.dataset},
-                     state_dict=ema.state_dict())
-            commit_checkpoint(final, cfg.keep_checkpoints)
-        accelerator.wait_for_everyone()
-        return final
-
-    figure_images = None
-    if cfg.figures and accelerator.is_main_process:
-        figure_images = fixed_figure_images(shards, device)
-    metrics_file = open(out / "metrics.jsonl", "a") if accelerator.is_main_process else None
+    main_process = accelerator.is_main_process
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
-                        disable=not accelerator.is_main_process)
-    params = list(vae.parameters())
-    stats_sum = torch.zeros(len(STAT_NAMES), device=device)
-    window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
-    stop = False
-    with progress:
-        bar = progress.add_task("train", total=steps_per_epoch, epoch=state.epoch, stats="")
-        while state.epoch < cfg.epochs and not stop:
-            train_loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-            progress.update(bar, completed=state.batch_in_epoch, epoch=state.epoch)
-            epoch_sums = torch.tensor(state.epoch_sums, device=device, dtype=torch.float64)
-            batches = iter(train_loader)
-            while True:
-                wait_started = time.perf_counter()
-                batch = next(batches, None)  # the only place the step can wait for data
-                window_wait += time.perf_counter() - wait_started
-                if batch is None:
-                    break
-                weight = kl_weight(state.step, cfg.kl_anneal, cfg.beta, cfg.kl_anneal_steps, cfg.kl_cycle_ramp)
-                if state.step == cfg.debug_nan_at_step:
-                    weight = math.nan
-                with accelerator.autocast():
-                    loss, stats = step_module(batch.images, torch.tensor(weight, device=device))
-                accelerator.backward(loss)
-                # The clipped norm is computed on the all-reduced gradients, so every rank sees the same
-                # value and takes the same branch; this is the step's one CPU-GPU sync.
-                grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                if not torch.isfinite(grad_norm):
-                    optimizer.zero_grad(set_to_none=True)
-                    state.epoch_sums = epoch_sums.tolist()
-                    saved = save_checkpoint()
-                    raise NonFiniteLoss(f"non-finite loss/gradient at step {state.step} (loss {loss.item():.4g}); "
-                                        f"the last good state is saved in {saved}")
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                ema.update(vae, state.step)
-                state.step += 1
-                state.batch_in_epoch += 1
-                stats_sum += stats.detach()
-                epoch_sums += torch.cat([stats.detach().double(), stats.new_ones(1, dtype=torch.float64)])
-                window_steps += 1
-                progress.advance(bar)
+                        disable=not main_process)
+    progress.add_task("train", total=len(train_loader), epoch=state.epoch, stats="")
+    return Run(cfg, accelerator, train_loader, valid_loader, vae, ema, ema_vae, step_module, optimizer, scheduler,
+               state, LogWindow(torch.zeros(len(STAT_NAMES), device=device)), progress,
+               open(cfg.out_path / "metrics.jsonl", "a") if main_process else None,
+               fixed_figure_images(shards, device) if cfg.figures and main_process else None)
 
-                if state.step % cfg.log_every == 0:
-                    elapsed = time.perf_counter() - window_start
-                    means = (accelerator.reduce(stats_sum, "sum") / (window_steps * world)).tolist()
-                    record = step_record(state, means, cfg.batch_size * world * window_steps / elapsed,
-                                         window_wait / elapsed, scheduler.get_last_lr()[0], weight, vae.cfg.latent_dim)
-                    state.steps_log.append(record)
-                    if metrics_file:
-                        metrics_file.write(json.dumps(record) + "\n")
-                        metrics_file.flush()
-                    progress.update(bar, stats=(f"loss {record['loss']:.1f} nll {record['gaussian_nll']:.1f} "
-                                                f"kl {record['kl']:.1f} bpd {record['bpd']:.3f} "
-                                                f"{record['images_per_s']:.0f} img/s wait {100 * record['data_wait_share']:.1f}%"))
-                    stats_sum.zero_()
-                    window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
-                if state.step % cfg.checkpoint_every == 0:
-                    state.epoch_sums = epoch_sums.tolist()
-                    save_checkpoint()
-                if cfg.max_steps and state.step >= cfg.max_steps:
-                    stop = True
-                    break
-            state.epoch_sums = epoch_sums.tolist()
-            if stop:
-                break
 
-            # End of epoch: train means, validation with the EMA weights, figures.
-            sums = accelerator.reduce(epoch_sums, "sum").tolist()
-            train_means = dict(zip(STAT_NAMES, [value / sums[-1] for value in sums[:-1]]))
-            ema.copy_to(ema_vae)
-            generator = torch.Generator(device).manual_seed(cfg.seed)
-            valid_loader.set_epoch(0)
-            valid = summarize(split_sums(ema_vae, valid_loader, lambda t: accelerator.reduce(t, "sum"), generator),
-                              vae.cfg.latent_dim)
-            record = {"kind": "epoch", "epoch": state.epoch, "step": state.step, "train": train_means, "valid": valid}
-            state.epochs_log.append(record)
-            if accelerator.is_main_process:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-                console.print(f"epoch {state.epoch}: valid NLL {valid['discretized_nll']:.1f} KL {valid['kl']:.1f} "
-                              f"bpd {valid['bpd']:.4f} H {valid['harmonic']:.4f} active {valid['active_units']}/"
-                              f"{vae.cfg.latent_dim}")
-                if cfg.figures:
-                    write_figures(out / "figures", ema_vae, figure_images, state, cfg.seed)
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            state.epoch_sums = [0.0] * (len(STAT_NAMES) + 1)
-
-    final = save_checkpoint()
-    # DDP must keep every rank's weights identical; gather per-tensor sums to prove it in the summary.
-    checksums = accelerator.gather(torch.stack([p.detach().double().sum() for p in params])[None].to(device))
-    if accelerator.is_main_process:
-        metrics_file.close()
-        summary = {"step": state.step, "epoch": state.epoch, "world_size": world, "checkpoint": str(final),
-                   "ranks_in_sync": bool((checksums == checksums[0]).all()), "last_epoch": (state.epochs_log or [None])[-1]}
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    console.print(f"done at step {state.step}; checkpoint {final}")
-    accelerator.end_training()
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    run = setup(cfg)
+    with run.progress:
+        while run.state.epoch < cfg.epochs:
+            if not train_one_epoch(run):
+                break  # --max-steps reached
+            end_of_epoch(run)
+    finish(run)
     return 0
 
 
-def step_record(state: TrainerState, means: list[float], images_per_s: float, wait_share: float, lr: float,
-                weight: float, latent_dim: int) -> dict:
-    stats = dict(zip(STAT_NAMES, means))
-    harmonic = harmonic_metric(stats["discretized_nll"], stats["kl"], latent_dim=latent_dim)
-    return {"kind": "step", "step": state.step, "epoch": state.epoch, **stats,
-            "bpd": bits_per_dim(stats["discretized_nll"] + stats["kl"]), "harmonic": harmonic.h,
-            "lr": lr, "kl_weight": weight, "images_per_s": images_per_s, "data_wait_share": wait_share}
+def train_one_epoch(run: Run) -> bool:
+    """Train from the state's position to the end of its epoch; False when --max-steps stopped it first."""
+    cfg, state, window, accelerator = run.cfg, run.state, run.window, run.accelerator
+    run.train_loader.set_epoch(state.epoch, start_batch=run.batch_in_epoch)
+    run.progress.update(0, completed=run.batch_in_epoch, epoch=state.epoch)
+    device = accelerator.device
+    params = list(run.vae.parameters())
+    batches = iter(run.train_loader)
+    while True:
+        wait_started = time.perf_counter()
+        batch = next(batches, None)  # the only place the step can wait for data
+        window.waited += time.perf_counter() - wait_started
+        if batch is None:
+            return True
+        weight = kl_weight(state.step, cfg.kl_anneal, cfg.beta, cfg.kl_anneal_steps, cfg.kl_cycle_ramp)
+        with accelerator.autocast():
+            loss, stats = run.step_module(batch.images, torch.tensor(weight, device=device))
+        accelerator.backward(loss)
+        # The clipped norm is computed on the all-reduced gradients, so every rank sees the same value and
+        # takes the same branch; this is the step's one CPU-GPU sync.
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if not torch.isfinite(grad_norm):
+            run.optimizer.zero_grad(set_to_none=True)
+            saved = save_checkpoint(run)
+            raise NonFiniteLoss(f"non-finite loss/gradient at step {state.step} (loss {loss.item():.4g}); "
+                                f"the last good state is saved in {saved}")
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.ema.update(run.vae, state.step)
+        state.step += 1
+        window.stats_sum += stats.detach()
+        window.steps += 1
+        state.epoch_sums += torch.cat([stats.detach().double(), stats.new_ones(1, dtype=torch.float64)])
+        run.progress.advance(0)
+        if state.step % cfg.log_every == 0:
+            log_steps(run, weight)
+        if state.step % cfg.checkpoint_every == 0:
+            save_checkpoint(run)
+        if cfg.max_steps and state.step >= cfg.max_steps:
+            return False
 
 
-def fixed_figure_images(shards: Path, device: torch.device) -> torch.Tensor:
-    """The first 16 test images (fixed across epochs): 8 to reconstruct, and pairs to interpolate between."""
-    from loaders.contract import nchw
-    from loaders.shards import decode_members, open_checked, read_members
+def log_steps(run: Run, weight: float) -> None:
+    """One metrics.jsonl line for the steps since the last one (stats reduced over ranks) and the progress bar."""
+    state, window, world = run.state, run.window, run.accelerator.num_processes
+    elapsed = time.perf_counter() - window.started
+    means = dict(zip(STAT_NAMES, (run.accelerator.reduce(window.stats_sum, "sum") / (window.steps * world)).tolist()))
+    harmonic = harmonic_metric(means["discretized_nll"], means["kl"], latent_dim=run.vae.cfg.latent_dim)
+    record = {"kind": "step", "step": state.step, "epoch": state.epoch, **means,
+              "bpd": bits_per_dim(means["discretized_nll"] + means["kl"]), "harmonic": harmonic.h,
+              "lr": run.scheduler.get_last_lr()[0], "kl_weight": weight,
+              "images_per_s": run.cfg.batch_size * world * window.steps / elapsed,
+              "data_wait_share": window.waited / elapsed}
+    state.steps_log.append(record)
+    run.log_record(record)
+    run.progress.update(0, stats=(f"loss {record['loss']:.1f} nll {record['gaussian_nll']:.1f} kl {record['kl']:.1f} "
+                                  f"bpd {record['bpd']:.3f} {record['images_per_s']:.0f} img/s "
+                                  f"wait {100 * record['data_wait_share']:.1f}%"))
+    window.reset()
 
-    split = open_checked(shards / "test")
-    rows = np.arange(min(16, len(split)))  # reading 16 members, not decoding the whole split
-    members = [data for _, data in read_members(split, rows)]
-    return nchw(decode_members(split, rows, members)).to(device)
+
+def end_of_epoch(run: Run) -> None:
+    """Train means, validation with the EMA weights (reduced over ranks), figures; then the next epoch starts."""
+    state, accelerator, latent = run.state, run.accelerator, run.vae.cfg.latent_dim
+    sums = accelerator.reduce(state.epoch_sums, "sum").tolist()
+    train_means = dict(zip(STAT_NAMES, [value / sums[-1] for value in sums[:-1]]))
+    run.ema.copy_to(run.ema_vae)
+    generator = torch.Generator(accelerator.device).manual_seed(run.cfg.seed)
+    run.valid_loader.set_epoch(0)
+    valid = summarize(split_sums(run.ema_vae, run.valid_loader, lambda t: accelerator.reduce(t, "sum"), generator),
+                      latent)
+    record = {"kind": "epoch", "epoch": state.epoch, "step": state.step, "train": train_means, "valid": valid}
+    state.epochs_log.append(record)
+    state.epoch_sums.zero_()
+    run.log_record(record)
+    if accelerator.is_main_process:
+        console.print(f"epoch {record['epoch']}: valid NLL {valid['discretized_nll']:.1f} KL {valid['kl']:.1f} "
+                      f"bpd {valid['bpd']:.4f} H {valid['harmonic']:.4f} active {valid['active_units']}/{latent}")
+        if run.figure_images is not None:
+            write_figures(run.out / "figures", run.ema_vae, run.figure_images, record["epoch"], state.steps_log,
+                          state.epochs_log, run.cfg.seed)
 
 
-@torch.no_grad()
-def write_figures(folder: Path, vae, images: torch.Tensor, state: TrainerState, seed: int) -> None:
-    from model import to_model_range, to_uint8
+def save_checkpoint(run: Run) -> Path:
+    """Accelerate's full state plus the EMA weights folder, written as `.partial` and renamed when complete."""
+    state, accelerator = run.state, run.accelerator
+    final = run.out / "checkpoints" / checkpoint_name(state.step)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial_path(final)))
+    if accelerator.is_main_process:
+        meta = {"step": state.step, "epoch": state.epoch, "shards": run.cfg.shards,
+                "dataset": run.train_loader.split.dataset}
+        save_vae(partial_path(final) / VAE_FOLDER, run.vae, meta, state_dict=run.ema.state_dict())
+        commit_checkpoint(final, run.cfg.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    return final
 
-    tag = f"epoch{state.epoch:03d}"
-    save_loss_curves(folder / "loss_curves.png", state.steps_log, state.epochs_log)
-    mu, _ = vae.encode(to_model_range(images[:8]))
-    recon = to_uint8(vae.decode(mu)[0])
-    save_grid(folder / f"reconstructions_{tag}.png", torch.cat([images[:8], recon]), rows=2,
-              title=f"reconstructions (decoder mean at mu), epoch {state.epoch}", row_labels=["input", "recon"])
-    # Interpolation between 4 pairs of test images: z = a z1 + (1 - a) z2 on their posterior means.
-    mu1, _ = vae.encode(to_model_range(images[8:12]))
-    mu2, _ = vae.encode(to_model_range(images[12:16]))
-    alphas = torch.linspace(0, 1, 10, device=images.device)
-    z = (alphas[None, :, None] * mu1[:, None] + (1 - alphas[None, :, None]) * mu2[:, None]).flatten(0, 1)
-    save_grid(folder / f"interpolation_{tag}.png", to_uint8(vae.decode(z)[0]), rows=4,
-              title="interpolation z = a*z1 + (1-a)*z2", col_labels=[f"a={a:.2f}" for a in alphas.tolist()])
-    generator = torch.Generator(images.device).manual_seed(seed)
-    eps = torch.randn((10, vae.cfg.latent_dim), generator=generator, device=images.device)
-    temperatures = (0.2, 0.5, 1.0, 1.5)
-    z = torch.cat([t * eps for t in temperatures])
-    save_grid(folder / f"samples_{tag}.png", to_uint8(vae.decode(z)[0]), rows=4,
-              title="prior samples z = temp * eps", row_labels=[f"temp {t}" for t in temperatures])
+
+def finish(run: Run) -> None:
+    """The final checkpoint and `train_summary.json`, with proof that DDP kept every rank's weights identical."""
+    accelerator, state = run.accelerator, run.state
+    final = save_checkpoint(run)
+    params = list(run.vae.parameters())
+    checksums = accelerator.gather(torch.stack([p.detach().double().sum() for p in params])[None].to(accelerator.device))
+    if accelerator.is_main_process:
+        run.metrics_file.close()
+        summary = {"step": state.step, "epoch": state.epoch, "world_size": accelerator.num_processes,
+                   "checkpoint": str(final), "ranks_in_sync": bool((checksums == checksums[0]).all()),
+                   "last_epoch": (state.epochs_log or [None])[-1]}
+        (run.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"done at step {state.step}; checkpoint {final}")
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+"""The trainer's per-epoch figures: loss curves, reconstructions, interpolations and prior samples (SPEC section 5)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.plots import save_grid, save_loss_curves
+from loaders.contract import nchw
+from loaders.shards import decode_members, open_checked, read_members
+from model import VAE, to_model_range, to_uint8
+
+TEMPERATURES = (0.2, 0.5, 1.0, 1.5)  # prior sample rows
+
+
+def fixed_figure_images(shards: Path, device: torch.device) -> torch.Tensor:
+    """The first 16 test images (fixed across epochs): 8 to reconstruct, and pairs to interpolate between."""
+    split = open_checked(shards / "test")
+    rows = np.arange(min(16, len(split)))  # reading 16 members, not decoding the whole split
+    members = [data for _, data in read_members(split, rows)]
+    return nchw(decode_members(split, rows, members)).to(device)
+
+
+@torch.no_grad()
+def write_figures(folder: Path, vae: VAE, images: torch.Tensor, epoch: int, steps_log: list[dict],
+                  epochs_log: list[dict], seed: int) -> None:
+    """Loss curves, reconstructions, interpolations on mu (z = a z1 + (1-a) z2) and prior samples per temperature."""
+    tag = f"epoch{epoch:03d}"
+    save_loss_curves(folder / "loss_curves.png", steps_log, epochs_log)
+    mu, _ = vae.encode(to_model_range(images[:8]))
+    recon = to_uint8(vae.decode(mu)[0])
+    save_grid(folder / f"reconstructions_{tag}.png", torch.cat([images[:8], recon]), rows=2,
+              title=f"reconstructions (decoder mean at mu), epoch {epoch}", row_labels=["input", "recon"])
+    mu1, _ = vae.encode(to_model_range(images[8:12]))
+    mu2, _ = vae.encode(to_model_range(images[12:16]))
+    alphas = torch.linspace(0, 1, 10, device=images.device)
+    z = (alphas[None, :, None] * mu1[:, None] + (1 - alphas[None, :, None]) * mu2[:, None]).flatten(0, 1)
+    save_grid(folder / f"interpolation_{tag}.png", to_uint8(vae.decode(z)[0]), rows=4,
+              title="interpolation z = a*z1 + (1-a)*z2", col_labels=[f"a={a:.2f}" for a in alphas.tolist()])
+    # The same seed for every temperature: each column is one eps drawn at growing temperature.
+    samples = [vae.sample(10, t, torch.Generator(images.device).manual_seed(seed)) for t in TEMPERATURES]
+    save_grid(folder / f"samples_{tag}.png", to_uint8(torch.cat(samples)), rows=4,
+              title="prior samples z = temp * eps", row_labels=[f"temp {t}" for t in TEMPERATURES])
