@@ -19,7 +19,7 @@ from eval.sigma_fit import histogram_nll
 from loaders import make_loader
 from model import create_vae, harmonic_metric
 from model.io import save_vae
-from train.checkpoint import load_vae
+from train.checkpoint import list_checkpoints, load_vae
 from model.split_pass import posterior_noise, split_sums, summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,6 +277,19 @@ def test_bonus_1_gives_the_numbers_eval_gives(checkpoints, synthetic_shards, tmp
     assert ours["metrics"]["discretized_nll"] == theirs["metrics"]["discretized_nll"]
     assert ours["z_samples"] == 1 and "z samples per image: 1" in printed
     assert f"H = {ours['harmonic']['H']:.6f}" in printed and "caveat" in printed
+
+
+def test_a_run_checkpoint_folder_is_a_checkpoint(tiny_run, synthetic_shards, tmp_path):
+    """A run's step folder also holds Accelerate's own model.safetensors (no model.json): the VAE is its vae/."""
+    step_folder = list_checkpoints(tiny_run)[-1]
+    assert (step_folder / "model.safetensors").is_file() and (step_folder / "vae").is_dir()
+    split = ["--shards", str(synthetic_shards / "test")]
+    for command, name in ((eval_main, "eval"), (bonus_1.main, "bonus_1")):
+        for checkpoint, out in ((step_folder, tmp_path / "step"), (tiny_run, tmp_path / "run")):
+            assert command(["--checkpoint", str(checkpoint), *split, "--out", str(out), "-K", "0"]) == 0
+        by_step, by_run = (json.loads((folder / f"{name}-test.json").read_text()) for folder in (tmp_path / "step",
+                                                                                                 tmp_path / "run"))
+        assert by_step["checkpoint"] == str(step_folder / "vae") and by_step["harmonic"] == by_run["harmonic"]
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,12 @@ VAE_FOLDER = "vae"
 def resolve_vae_folder(path: Path | str) -> Path:
     """Accept a `vae/` folder, a run checkpoint folder (holding `vae/`), or a run folder (its latest)."""
     path = Path(path)
-    if (path / MODEL_WEIGHTS).is_file():
-        return path
+    # A run checkpoint holds `vae/` and also Accelerate's own model.safetensors (training weights, no model.json):
+    # `vae/` comes first.
     if (path / VAE_FOLDER / MODEL_WEIGHTS).is_file():
         return path / VAE_FOLDER
+    if (path / MODEL_WEIGHTS).is_file():
+        return path
     if (path / "checkpoints").is_dir():
         latest = latest_checkpoint(path)
         if latest is not None:
