@@ -303,3 +303,18 @@ def test_bench_names_the_bad_file_and_exits_1(tmp_path, capsys):
 
     assert main(["--shards", str(tmp_path / "missing"), "--json", str(tmp_path / "out.json")]) == 1
     assert f"{tmp_path / 'missing'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shards", ["synthetic_shards", "synthetic_jpg_shards"])
+def test_dali_gpu_pipeline_is_defined_and_asks_for_cuda(shards, request):
+    """No GPU here: the CUDA branch of the DALI pipeline (raw members copied to the GPU whole, JPEG members
+    decoded by nvJPEG in `mixed`) is still defined, so DALI checks every operator and argument; only the build
+    needs CUDA."""
+    from loaders.dali import DaliLoader
+
+    loader = make_loader("dali", request.getfixturevalue(shards) / "train", 8, "cpu", shuffle=True, drop_last=True)
+    assert isinstance(loader, DaliLoader)
+    loader.gpu, loader.device_id = True, 0  # what a CUDA device would have set
+    pipe = loader.define_pipeline(0)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        pipe.build()
