@@ -80,15 +80,54 @@ def test_resume_equals_uninterrupted(synthetic_shards, tmp_path):
         torch.testing.assert_close(ema_a[name], ema_b[name], rtol=0, atol=0, msg=name)
 
 
-def test_two_processes_stay_in_sync_and_write_one_checkpoint(synthetic_shards, tmp_path):
-    out = tmp_path / "ddp"
+GPU_PATH = ("--compile", "on", "--precision", "bf16")  # what a GPU run does by default, here on the CPU
+
+
+def _torchrun(shards: Path, out: Path, *flags: str) -> dict:
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517",
-               str(REPO / "train" / "run.py"), "--shards", str(synthetic_shards), "--out", str(out), *TINY,
-               "--epochs", "1", "--no-figures"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+               str(REPO / "train" / "run.py"), "--shards", str(shards), "--out", str(out), *TINY, *flags]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((out / "train_summary.json").read_text())
+    return json.loads((out / "train_summary.json").read_text())
+
+
+def _check_gpu_path_run(out: Path, shards: Path, summary: dict, steps: int) -> None:
+    """Compiled, bf16, finite, and the checkpoint evaluates."""
+    import bonus_1
+
+    assert summary["compiled"] and summary["mixed_precision"] == "bf16" and summary["step"] == steps
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged and all(math.isfinite(r["loss"]) for r in logged if r["kind"] == "step")
+    assert bonus_1.main(["--checkpoint", str(out), "--shards", str(shards / "test"), "--out", str(out / "eval")]) == 0
+    report = json.loads((out / "eval" / "bonus_1-test.json").read_text())
+    assert math.isfinite(report["harmonic"]["H"]) and report["checkpoint"].endswith(f"step-{steps:07d}/vae")
+
+
+def test_compiled_bf16_training_on_the_cpu_resumes_and_evaluates(synthetic_shards, tmp_path):
+    """torch.compile of the objective (inductor's CPU backend) and bf16 autocast through Accelerate."""
+    out = tmp_path / "compiled"
+    _run(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "3", "--no-figures")
+    _check_gpu_path_run(out, synthetic_shards, json.loads((out / "train_summary.json").read_text()), 3)
+    _run(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "6", "--no-figures", "--resume", "latest")
+    _check_gpu_path_run(out, synthetic_shards, json.loads((out / "train_summary.json").read_text()), 6)
+
+
+def test_two_compiled_bf16_processes_stay_in_sync_and_resume(synthetic_shards, tmp_path):
+    """Compile once, then DDP, in a real 2-process run; resumed by another 2-process run."""
+    out = tmp_path / "ddp-compiled"
+    summary = _torchrun(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "3", "--no-figures")
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"]
+    _check_gpu_path_run(out, synthetic_shards, summary, 3)
+    summary = _torchrun(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "5", "--no-figures",
+                        "--resume", "latest")
+    assert summary["ranks_in_sync"]
+    _check_gpu_path_run(out, synthetic_shards, summary, 5)
+
+
+def test_two_processes_stay_in_sync_and_write_one_checkpoint(synthetic_shards, tmp_path):
+    out = tmp_path / "ddp"
+    summary = _torchrun(synthetic_shards, out, "--epochs", "1", "--no-figures")
     assert summary["world_size"] == 2 and summary["ranks_in_sync"]
     assert [p.name for p in list_checkpoints(out)] == [f"step-{summary['step']:07d}"]
     train_count = json.loads((synthetic_shards / "dataset.json").read_text())["counts"]["train"]
@@ -151,3 +190,18 @@ def test_perceptual_loss_from_the_projects_own_classifier(tmp_path):
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     assert torch.allclose(loss(x, x), torch.zeros(2))
     assert (loss(x + 0.3 * torch.randn_like(x), x) > 0).all()
+
+
+def test_train_bench_times_variants_loaders_and_a_whole_epoch(synthetic_shards, tmp_path):
+    from train.bench import main as bench_main
+
+    out = tmp_path / "train.json"
+    assert bench_main(["--shards", str(synthetic_shards), "--steps", "2", "--warmup", "1", "--batch-size", "16",
+                       "--variants", "eager-fp32,eager-bf16", "--loaders", "resident", "--epoch", "--json",
+                       str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["preset"] == "tiny" and [r["variant"] for r in result["rows"]] == ["eager-fp32", "eager-bf16",
+                                                                                    "eager-fp32"]
+    assert all(r["images_per_s"] > 0 and r["peak_gib"] is None for r in result["rows"])  # no CUDA memory here
+    train_count = json.loads((synthetic_shards / "dataset.json").read_text())["counts"]["train"]
+    assert result["epoch"]["epoch_images"] == train_count // 16 * 16 and result["epoch"]["epoch_seconds"] > 0

@@ -1,9 +1,10 @@
 """`python -m train.bench`: train-step throughput side by side in one run -> rich table + JSON.
 
-Rows: the step fed from one batch already on the device (the ceiling), then fed by each loader, with the
-share of wall time spent waiting for data; and the on-device step in eager vs compiled, fp32 vs bf16.
-Every row gets a warm-up (compilation happens there) before its timed steps, and CUDA is synchronised
-before each clock read.
+Rows: the on-device step (one batch already on the device, the ceiling) in eager vs compiled, fp32 vs bf16,
+with its peak memory on CUDA; then the step fed by each loader, with the share of wall time spent waiting for
+data; then (`--epoch`, default on CUDA) one whole epoch of the train split, timed end to end. Every row gets a
+warm-up (compilation happens there) before its timed steps, and CUDA is synchronised before each clock read.
+On a GPU the defaults measure what the GPU path needs: the base preset, all four variants, a full epoch.
 """
 from __future__ import annotations
 
@@ -47,11 +48,14 @@ def make_step(preset: str, device: torch.device, compiled: bool, bf16: bool):
 
 
 def time_steps(step, batches, steps: int, warmup: int, device: torch.device) -> dict:
-    """Run warm-up + timed steps pulling images from `batches`; returns images/s and the data-wait share."""
+    """Run warm-up + timed steps pulling images from `batches`; returns images/s, the data-wait share and, on
+    CUDA, the peak memory allocated during the timed steps."""
     iterator = iter(batches)
     for _ in range(warmup):
         step(next(iterator))
     _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     waited, count, started = 0.0, 0, time.perf_counter()
     for _ in range(steps):
         before = time.perf_counter()
@@ -61,7 +65,22 @@ def time_steps(step, batches, steps: int, warmup: int, device: torch.device) -> 
         count += len(images)
     _sync(device)
     elapsed = time.perf_counter() - started
-    return {"images_per_s": count / elapsed, "data_wait_share": waited / elapsed, "steps": steps}
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"images_per_s": count / elapsed, "data_wait_share": waited / elapsed, "steps": steps, "peak_gib": peak}
+
+
+def time_epoch(step, loader, warmup_batches, device: torch.device) -> dict:
+    """One whole epoch of `loader` (after a warm-up on `warmup_batches`), timed end to end."""
+    for images in warmup_batches:
+        step(images)
+    _sync(device)
+    loader.set_epoch(0)
+    count, started = 0, time.perf_counter()
+    for batch in loader:
+        step(batch.images)
+        count += len(batch)
+    _sync(device)
+    return {"epoch_images": count, "epoch_seconds": time.perf_counter() - started}
 
 
 def repeat(images: torch.Tensor):
@@ -82,16 +101,19 @@ def loader_images(kind: str, split: Path, batch_size: int, device: torch.device,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__)
     parser.add_argument("--shards", type=Path, required=True)
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--preset", default=None, help="default: base on CUDA, tiny on the CPU")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--loaders", default=",".join(LOADER_KINDS))
     parser.add_argument("--variants", default="eager-fp32,eager-bf16,compiled-fp32,compiled-bf16")
+    parser.add_argument("--epoch", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time one whole epoch of the train split (default: on CUDA)")
     parser.add_argument("--json", type=Path, default=Path("bench_results/train.json"))
     args = parser.parse_args(argv)
     device = default_device()
+    args.preset = args.preset or ("base" if device.type == "cuda" else "tiny")
     console = Console()
     split = args.shards / "train"
     rows = []
@@ -112,16 +134,27 @@ def main(argv: list[str] | None = None) -> int:
                             args.warmup, device)
         rows.append({"feed": f"{kind} loader", "variant": feed_variant, **result,
                      "vs_on_device": result["images_per_s"] / ceiling})
+    epoch = None
+    if args.epoch if args.epoch is not None else device.type == "cuda":
+        console.print(f"[dim]one epoch of {split}, resident loader, {feed_variant} …")
+        step = make_step(args.preset, device, feed_variant.startswith("compiled"), feed_variant.endswith("bf16"))
+        loader = make_loader("resident", split, args.batch_size, device, shuffle=True, drop_last=True)
+        epoch = {"variant": feed_variant, **time_epoch(step, loader, [first] * args.warmup, device)}
     table = Table(title=f"train step, preset {args.preset}, batch {args.batch_size}, {device.type}")
-    for column in ("feed", "variant", "img/s", "data wait", "vs on-device"):
+    for column in ("feed", "variant", "img/s", "data wait", "vs on-device", "peak GiB"):
         table.add_column(column, justify="left" if column in ("feed", "variant") else "right")
     for row in rows:
         table.add_row(row["feed"], row["variant"], f"{row['images_per_s']:,.0f}", f"{100 * row['data_wait_share']:.1f}%",
-                      f"{row['vs_on_device']:.2f}" if "vs_on_device" in row else "")
+                      f"{row['vs_on_device']:.2f}" if "vs_on_device" in row else "",
+                      f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "")
     console.print(table)
+    if epoch:
+        console.print(f"one epoch ({epoch['epoch_images']:,} images, resident loader, {epoch['variant']}): "
+                      f"{epoch['epoch_seconds']:.1f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": platform.node(), "device": str(device), "torch": torch.__version__,
-                                     "preset": args.preset, "batch_size": args.batch_size, "rows": rows}, indent=2) + "\n")
+                                     "preset": args.preset, "batch_size": args.batch_size, "rows": rows, "epoch": epoch},
+                                    indent=2) + "\n")
     return 0
 
 

@@ -149,8 +149,7 @@ def setup(cfg: TrainConfig) -> Run:
 
     # Compile once (not per epoch), then DDP. The scheduler is stepped by hand, not prepared: Accelerate
     # would step it once per process.
-    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and on_cuda)
-    step_module = torch.compile(objective) if use_compile else objective
+    step_module = torch.compile(objective) if compiles(cfg) else objective
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     accelerator.register_for_checkpointing(scheduler, ema, state)
     if cfg.resume:
@@ -169,6 +168,10 @@ def setup(cfg: TrainConfig) -> Run:
                state, LogWindow(torch.zeros(len(STAT_NAMES), device=device)), progress,
                open(cfg.out_path / "metrics.jsonl", "a") if main_process else None,
                fixed_figure_images(shards, device) if cfg.figures and main_process else None)
+
+
+def compiles(cfg: TrainConfig) -> bool:
+    return cfg.compile == "on" or (cfg.compile == "auto" and torch.cuda.is_available())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +294,9 @@ def finish(run: Run) -> None:
     if accelerator.is_main_process:
         run.metrics_file.close()
         summary = {"step": state.step, "epoch": state.epoch, "world_size": accelerator.num_processes,
-                   "checkpoint": str(final), "ranks_in_sync": bool((checksums == checksums[0]).all()),
+                   "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+                   "compiled": compiles(run.cfg), "checkpoint": str(final),
+                   "ranks_in_sync": bool((checksums == checksums[0]).all()),
                    "last_epoch": (state.epochs_log or [None])[-1]}
         (run.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(f"done at step {state.step}; checkpoint {final}")
