@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edit.common import GRID_SCALE, EditContext, EditError, choose_rows, edit_metrics, parse_ints, to_images
+from edit.common import (GRID_SCALE, EditContext, EditError, choose_rows, edit_metrics, parse_ints,
+                         principal_axes, to_images)
 from common.plots import save_effect_curves, save_grid
 from model.split_pass import ACTIVE_THRESHOLD
 
@@ -29,10 +30,8 @@ def directions(mu: torch.Tensor, basis: str) -> tuple[torch.Tensor, torch.Tensor
         spread = mu.std(0)
         order = torch.argsort(spread, descending=True)
         return torch.eye(mu.shape[1], device=mu.device)[order], spread[order]
-    centred = mu - mu.mean(0)
-    eigenvalues, vectors = torch.linalg.eigh(centred.T @ centred / (len(mu) - 1))
-    order = torch.argsort(eigenvalues, descending=True)
-    return vectors[:, order].T.contiguous(), eigenvalues[order].clamp_min(0).sqrt()
+    eigenvalues, axes = principal_axes(mu - mu.mean(0))
+    return axes.T.contiguous(), eigenvalues.sqrt()
 
 
 def run(ctx: EditContext, args, out, log) -> dict:

@@ -272,6 +272,15 @@ def blank(count: int, size: int = 64) -> torch.Tensor:
     return torch.full((count, 3, size, size), 255, dtype=torch.uint8)
 
 
+def principal_axes(deviations: torch.Tensor, unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Principal axes of latents given as deviations [N, d] from the mean they vary around: the eigenvalues of
+    their covariance (descending, clamped at 0) and the unit axes as the columns of [d, d]. The covariance
+    divides by N - 1 when `unbiased`, else by N."""
+    eigenvalues, vectors = torch.linalg.eigh(deviations.T @ deviations / (len(deviations) - int(unbiased)))
+    order = torch.argsort(eigenvalues, descending=True)
+    return eigenvalues[order].clamp_min(0), vectors[:, order]
+
+
 def mean_difference_direction(mu: torch.Tensor, labels: np.ndarray, attribute: str) -> torch.Tensor:
     """mean mu of the positives minus mean mu of the negatives (train split)."""
     positive = torch.as_tensor(labels.astype(bool), device=mu.device)

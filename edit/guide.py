@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from edit.common import (GRID_SCALE, Change, EditContext, EditError, choose_rows, edit_metrics,
-                         mean_difference_direction, parse_changes, to_images)
+                         mean_difference_direction, parse_changes, principal_axes, to_images)
 from common.plots import save_grid, save_metric_bars
 
 
@@ -48,10 +48,11 @@ class GuideSettings:
 def data_basis(mu: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
     """S [d, d] with z = mu + u S mapping whitened coordinates u to latent steps: rows are the principal axes of
     mu over the train split scaled by their std (eigenvalues floored at floor * the largest)."""
-    centred = mu - mu.mean(0)
-    eigenvalues, vectors = torch.linalg.eigh(centred.T @ centred / (len(mu) - 1))
-    eigenvalues = eigenvalues.clamp_min(floor * eigenvalues.max())
-    return (vectors * eigenvalues.sqrt()).T.contiguous()
+    eigenvalues, axes = principal_axes(mu - mu.mean(0))
+    eigenvalues = eigenvalues.clamp_min(floor * eigenvalues[0])
+    # Rows from the least to the most variance: the order is immaterial to the edit but sets the rounding of u S,
+    # and this is the order earlier reports were made with.
+    return (axes * eigenvalues.sqrt()).T.flip(0).contiguous()
 
 
 def guided_latents(ctx: EditContext, mu: torch.Tensor, reconstruction: torch.Tensor, targets: torch.Tensor,

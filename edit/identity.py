@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from edit.common import (GRID_SCALE, EditContext, EditError, blank, choose_rows, low_frequency_correlation, parse_ints,
-                         to_images)
+                         principal_axes, to_images)
 from common.plots import save_grid
 
 ANCHOR_SPLITS = ("test", "train")  # where anchors are looked for, in this order
@@ -45,9 +45,7 @@ def within_identity_basis(mu: torch.Tensor, identities: np.ndarray, min_images: 
     members = mu[torch.as_tensor(np.flatnonzero(keep), device=mu.device)]
     sums = torch.zeros(len(ids), mu.shape[1], device=mu.device).index_add_(0, groups, members)
     residual = members - sums[groups] / torch.as_tensor(counts, device=mu.device, dtype=mu.dtype)[groups, None]
-    eigenvalues, vectors = torch.linalg.eigh(residual.T @ residual / len(residual))
-    order = torch.argsort(eigenvalues, descending=True)
-    eigenvalues, vectors = eigenvalues[order].clamp_min(0), vectors[:, order]
+    eigenvalues, vectors = principal_axes(residual, unbiased=False)
     share = torch.cumsum(eigenvalues, 0) / eigenvalues.sum().clamp_min(1e-12)
     k = dims if dims > 0 else int((share < variance).sum()) + 1
     k = max(1, min(k, mu.shape[1] - 1))
