@@ -7,7 +7,8 @@
     python -m edit identity --vae RUN --judge runs/judge --shards S --out runs/edits
 
 - `edit.classifier`: the 40-attribute classifiers (train, save, load);
-- `edit.common`: loading and cross-checking models and shards, latents, subjects, measurements;
-- `edit.amplify`, `edit.guide`, `edit.identity`: the three edits, each `run(ctx, args, out, log) -> report`;
-- `edit.cli`: the command line.
+- `edit.common`: loading and cross-checking models and shards, latents, subjects, principal axes, measurements;
+- `edit.amplify`, `edit.guide`, `edit.identity`: the three edits, each a settings dataclass and
+  `run(ctx, settings, out, log) -> report` (compute, measure, draw), callable without the command line;
+- `edit.cli`: the command line, its flags generated from those settings.
 """

@@ -1,5 +1,6 @@
 """What the three edits share: loading and cross-checking the VAE, the two classifiers and the shards; latents
-of a split; subject choice; attribute names; and the measurements every edit reports.
+of a split and their principal axes; the settings every edit has (subjects, seed) and subject choice; attribute
+names; and the measurements every edit reports.
 
 Every measurement compares an edit with the subject's *reconstruction* dec(mu), not with the photograph: the
 VAE's own blur is not the edit's doing, so "how much else changed" is judged against what the VAE gives back
@@ -220,6 +221,13 @@ def load_context(vae_path: str, judge_path: str, guide_path: str | None, shards:
         guide, guide_folder = _load_checked("guide", guide_path, names, image_size, shards_path / DATASET_JSON, device)
     return EditContext(vae, judge, guide, shards_path, names, device, vae_folder, judge_folder, guide_folder,
                        batch_size, cache)
+
+
+@dataclass
+class EditSettings:
+    """What every edit takes besides its own settings: how many test subjects, and the seed that draws them."""
+    subjects: int = field(default=8, metadata={"help": "test images per grid"})
+    seed: int = field(default=0, metadata={"help": "chooses the subjects"})
 
 
 def choose_rows(candidates: np.ndarray, count: int, seed: int, what: str) -> np.ndarray:

@@ -1,35 +1,63 @@
-"""Identity transfer: morph a subject toward an anchor person while keeping the subject's pose and expression.
+"""Identity transfer: morph a subject toward an anchor person (the mean mu over the anchor's images) while keeping
+the subject's pose and expression, the coordinates in the within-identity subspace U learnt on train:
 
-An anchor is the mean mu over several images of one identity (pose, expression and lighting average out).
-What varies *within* an identity is learnt from the train split: the residuals mu - mean_identity(mu) of every
-identity with at least `--min-identity-images` images, and their principal axes U (the first k, enough for
-`--pose-variance` of the within-identity variance, or `--pose-dims`). Pose, expression, lighting and background
-live mostly in span(U); identity mostly outside it. The transfer keeps the subject's part inside span(U) and
-moves the part outside toward the anchor's:
+    z(t) = mu_s + t (I - U U^T) (m_a - mu_s)
 
-    z(t) = mu_s + t (I - U U^T) (m_a - mu_s),        t = 1: the outside part is the anchor's
-
-compared with the seed's plain interpolation z = (1 - t) mu_s + t m_a, which also drags pose toward the anchor's
-average pose.
-
-Measured, with the judge (not trained with the VAE) and by re-encoding the result:
-- closeness to the anchor: cosine similarity of the judge's penultimate features with the anchor's mean
-  features (over the anchor's reconstructions), and the mean |delta p| of the 40 judge probabilities to the
-  anchor's mean probabilities, before (subject reconstruction) and after;
-- pose kept: correlation of 8x8 grey thumbnails with the subject's reconstruction (layout, head position,
-  lighting), and the distance inside span(U) of the re-encoded result to the subject.
+compared with the plain interpolation (1 - t) mu_s + t m_a (README, Editing).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edit.common import (GRID_SCALE, EditContext, EditError, blank, choose_rows, low_frequency_correlation, parse_ints,
-                         principal_axes, to_images)
 from common.plots import save_grid
+from edit.common import (GRID_SCALE, EditContext, EditError, EditSettings, blank, choose_rows,
+                         low_frequency_correlation, parse_ints, principal_axes, to_images)
 
 ANCHOR_SPLITS = ("test", "train")  # where anchors are looked for, in this order
+ANCHOR_COUNT = 3
+
+
+@dataclass
+class IdentitySettings(EditSettings):
+    anchors: str = field(default="", metadata={"help": "3 identity numbers (default: the 3 with most images)"})
+    min_anchor_images: int = 3
+    min_identity_images: int = field(default=3, metadata={
+        "help": "train identities with this many images teach the within-identity subspace"})
+    pose_variance: float = field(default=0.65, metadata={
+        "help": "share of the within-identity variance the kept subspace explains"})
+    pose_dims: int = field(default=0, metadata={"help": "fix the subspace size instead (0: use --pose-variance)"})
+    strengths: str = field(default="0.5,1", metadata={"help": "values of t shown (1: all of the identity part)"})
+
+
+@dataclass
+class Subjects:
+    rows: np.ndarray  # test manifest rows
+    photos: torch.Tensor  # uint8
+    mu: torch.Tensor
+    reconstruction_images: torch.Tensor  # dec(mu) as uint8, on the CPU
+
+
+@dataclass
+class AnchorTransfer:
+    """One anchor identity, and the subjects' latents moved toward it, decoded."""
+    identity: int
+    split: str
+    rows: np.ndarray  # the anchor's manifest rows in `split`
+    photos: torch.Tensor  # uint8
+    mean: torch.Tensor  # m_a, the mean mu over the photos
+    reconstruction: torch.Tensor  # dec(mu) of the photos, model range
+    mean_image: torch.Tensor  # dec(m_a) as uint8
+    decoded: dict[str, torch.Tensor]  # per edit (see transfer_latents), model range
+    images: dict[str, torch.Tensor]  # the same as uint8, on the CPU
+
+
+# ----------------------------------------------------------------------------- compute
 
 
 def within_identity_basis(mu: torch.Tensor, identities: np.ndarray, min_images: int, variance: float,
@@ -96,75 +124,106 @@ def parse_strengths(spec: str) -> list[float]:
     return strengths
 
 
-def run(ctx: EditContext, args, out, log) -> dict:
-    strengths = parse_strengths(args.strengths)
-    train = ctx.split("train")
-    mu_train = ctx.latents("train", log)
-    basis, basis_info = within_identity_basis(mu_train, train.identities, args.min_identity_images,
-                                              args.pose_variance, args.pose_dims)
-    log(f"within-identity subspace: {basis_info['dims']} of {basis_info['of']} dims "
-        f"({basis_info['within_variance_share_kept']:.0%} of the within-identity variance, from "
-        f"{basis_info['identities_used']} identities)")
-    projector = basis @ basis.T
-    anchors = find_anchors(ctx, args.anchors, 3, args.min_anchor_images)
+def choose_subjects(ctx: EditContext, settings: IdentitySettings, anchor_ids: set[int]) -> Subjects:
     test = ctx.split("test")
-    anchor_ids = {a[0] for a in anchors}
     eligible = np.flatnonzero(~np.isin(test.identities, list(anchor_ids)))
-    subject_rows = choose_rows(eligible, args.subjects, args.seed, "test images of identities other than the anchors")
-    subjects = ctx.images("test", subject_rows)
-    mu_s = ctx.encode_images(subjects)
-    recon = ctx.decode_batched(mu_s)
-    recon_images = to_images(recon)
+    rows = choose_rows(eligible, settings.subjects, settings.seed, "test images of identities other than the anchors")
+    photos = ctx.images("test", rows)
+    mu = ctx.encode_images(photos)
+    return Subjects(rows, photos, mu, to_images(ctx.decode_batched(mu)))
 
-    report_anchors, overview = [], [blank(1), recon_images]
-    for identity, split_name, rows in anchors:
-        anchor_images = ctx.images(split_name, rows)
-        mu_anchor = ctx.encode_images(anchor_images)
-        m_a = mu_anchor.mean(0)
-        anchor_recon = ctx.decode_batched(mu_anchor)
-        anchor_features = F.normalize(ctx.judge_features(anchor_recon).mean(0), dim=0)
-        anchor_probs = ctx.judge_probs(anchor_recon).mean(0)
-        outside = (m_a - mu_s) - (m_a - mu_s) @ projector
 
-        def measure(z):
-            decoded = ctx.decode_batched(z)
-            images = to_images(decoded)
-            features = F.normalize(ctx.judge_features(decoded), dim=1)
-            re_encoded = ctx.encode_images(images)
-            off_anchor = re_encoded - m_a
-            return images, {
-                "judge_feature_cosine_to_anchor": float((features @ anchor_features).mean()),
-                "judge_attribute_distance_to_anchor": float((ctx.judge_probs(decoded) - anchor_probs).abs().mean()),
-                "latent_outside_distance_to_anchor": float((off_anchor - off_anchor @ projector).norm(dim=1).mean()),
-                "latent_within_distance_to_subject": float(((re_encoded - mu_s) @ basis).norm(dim=1).mean()),
-                "low_frequency_correlation_to_subject": float(low_frequency_correlation(images, recon_images).mean()),
-            }
+def transfer_latents(mu_s: torch.Tensor, m_a: torch.Tensor, projector: torch.Tensor,
+                     strengths: list[float]) -> dict[str, torch.Tensor]:
+    """The subjects unedited, transferred at each strength, plainly interpolated half way, and the anchor mean."""
+    outside = (m_a - mu_s) - (m_a - mu_s) @ projector
+    return {"subject_reconstruction": mu_s, **{f"transfer_t{t:g}": mu_s + t * outside for t in strengths},
+            "interpolation_t0.5": 0.5 * mu_s + 0.5 * m_a, "anchor_mean": m_a[None].expand_as(mu_s)}
 
-        _, before = measure(mu_s)
-        results = {"subject_reconstruction": before}
-        rows_images = []
-        for t in strengths:
-            images, results[f"transfer_t{t:g}"] = measure(mu_s + t * outside)
-            rows_images.append(images)
-        naive_images, results["interpolation_t0.5"] = measure(0.5 * mu_s + 0.5 * m_a)
-        _, results["anchor_mean"] = measure(m_a[None].expand_as(mu_s))
-        anchor_row = torch.cat([anchor_images.cpu()[:args.subjects - 1], to_images(ctx.decode(m_a[None]))])
-        if len(anchor_row) < args.subjects:
-            anchor_row = torch.cat([anchor_row[:-1], blank(args.subjects - len(anchor_row)), anchor_row[-1:]])
-        grid = torch.cat([anchor_row, subjects.cpu(), recon_images, *rows_images, naive_images])
-        name = f"identity_anchor{identity}.png"
-        save_grid(out / name, grid, rows=3 + len(strengths) + 1,
-                  title=f"Identity transfer to identity {identity} ({len(rows)} {split_name} images; last of row 1: "
-                        f"decoded anchor mean)",
-                  row_labels=[f"anchor {identity}", "subject", "reconstruction",
+
+def transfer_to_anchor(ctx: EditContext, anchor: tuple[int, str, np.ndarray], subjects: Subjects,
+                       projector: torch.Tensor, strengths: list[float]) -> AnchorTransfer:
+    identity, split, rows = anchor
+    photos = ctx.images(split, rows)
+    mu_anchor = ctx.encode_images(photos)
+    m_a = mu_anchor.mean(0)
+    decoded = {name: ctx.decode_batched(z) for name, z in transfer_latents(subjects.mu, m_a, projector,
+                                                                           strengths).items()}
+    return AnchorTransfer(identity, split, rows, photos, m_a, ctx.decode_batched(mu_anchor),
+                          to_images(ctx.decode(m_a[None])), decoded, {name: to_images(x) for name, x in decoded.items()})
+
+
+# ----------------------------------------------------------------------------- measure
+
+
+def measure_anchor(ctx: EditContext, anchor: AnchorTransfer, subjects: Subjects, basis: torch.Tensor,
+                   projector: torch.Tensor) -> dict[str, dict]:
+    """Per edit: closeness to the anchor by the judge (features and probabilities, against the anchor's
+    reconstructions) and in latent space outside U; pose kept (thumbnail correlation, distance inside U), both
+    of the re-encoded result."""
+    anchor_features = F.normalize(ctx.judge_features(anchor.reconstruction).mean(0), dim=0)
+    anchor_probs = ctx.judge_probs(anchor.reconstruction).mean(0)
+    metrics = {}
+    for name, decoded in anchor.decoded.items():
+        images = anchor.images[name]
+        features = F.normalize(ctx.judge_features(decoded), dim=1)
+        re_encoded = ctx.encode_images(images)
+        off_anchor = re_encoded - anchor.mean
+        metrics[name] = {
+            "judge_feature_cosine_to_anchor": float((features @ anchor_features).mean()),
+            "judge_attribute_distance_to_anchor": float((ctx.judge_probs(decoded) - anchor_probs).abs().mean()),
+            "latent_outside_distance_to_anchor": float((off_anchor - off_anchor @ projector).norm(dim=1).mean()),
+            "latent_within_distance_to_subject": float(((re_encoded - subjects.mu) @ basis).norm(dim=1).mean()),
+            "low_frequency_correlation_to_subject": float(
+                low_frequency_correlation(images, subjects.reconstruction_images).mean()),
+        }
+    return metrics
+
+
+# ----------------------------------------------------------------------------- draw
+
+
+def draw(out: Path, settings: IdentitySettings, report: dict, subjects: Subjects,
+         transfers: list[AnchorTransfer]) -> None:
+    n, strengths = settings.subjects, report["strengths"]
+    overview = [blank(1), subjects.reconstruction_images]
+    for anchor, entry in zip(transfers, report["anchors"]):
+        anchor_row = torch.cat([anchor.photos.cpu()[:n - 1], anchor.mean_image])
+        if len(anchor_row) < n:
+            anchor_row = torch.cat([anchor_row[:-1], blank(n - len(anchor_row)), anchor_row[-1:]])
+        transferred = [anchor.images[f"transfer_t{t:g}"] for t in strengths]
+        grid = torch.cat([anchor_row, subjects.photos.cpu(), subjects.reconstruction_images, *transferred,
+                          anchor.images["interpolation_t0.5"]])
+        save_grid(out / entry["figure"], grid, rows=3 + len(strengths) + 1,
+                  title=f"Identity transfer to identity {anchor.identity} ({len(anchor.rows)} {anchor.split} images; "
+                        f"last of row 1: decoded anchor mean)",
+                  row_labels=[f"anchor {anchor.identity}", "subject", "reconstruction",
                               *[f"transfer t={t:g}" for t in strengths], "plain interp. 0.5"], scale=GRID_SCALE)
-        overview += [to_images(ctx.decode(m_a[None])), rows_images[-1]]
-        report_anchors.append({"identity": identity, "split": split_name, "images": len(rows), "figure": name,
-                               "metrics": results})
-
-    overview_grid = torch.cat([torch.cat([overview[2 * r], overview[2 * r + 1]]) for r in range(len(anchors) + 1)])
-    save_grid(out / "identity_overview.png", overview_grid, rows=len(anchors) + 1,
+        overview += [anchor.mean_image, transferred[-1]]
+    overview_grid = torch.cat([torch.cat([overview[2 * r], overview[2 * r + 1]]) for r in range(len(transfers) + 1)])
+    save_grid(out / "identity_overview.png", overview_grid, rows=len(transfers) + 1,
               title=f"Identity transfer (t={strengths[-1]:g}); first column: decoded anchor mean",
-              row_labels=["subjects (reconstruction)"] + [f"to anchor {a[0]}" for a in anchors], scale=GRID_SCALE)
-    return {"subspace": basis_info, "strengths": strengths, "subjects": [str(test.keys[r]) for r in subject_rows],
-            "anchors": report_anchors}
+              row_labels=["subjects (reconstruction)"] + [f"to anchor {a.identity}" for a in transfers],
+              scale=GRID_SCALE)
+
+
+@torch.no_grad()
+def run(ctx: EditContext, settings: IdentitySettings, out: Path, log: Callable[[str], None] = print) -> dict:
+    """Learn the within-identity subspace, transfer the subjects to each anchor, measure, draw the grids."""
+    strengths = parse_strengths(settings.strengths)
+    basis, subspace = within_identity_basis(ctx.latents("train", log), ctx.split("train").identities,
+                                            settings.min_identity_images, settings.pose_variance, settings.pose_dims)
+    log(f"within-identity subspace: {subspace['dims']} of {subspace['of']} dims "
+        f"({subspace['within_variance_share_kept']:.0%} of the within-identity variance, from "
+        f"{subspace['identities_used']} identities)")
+    projector = basis @ basis.T
+    anchors = find_anchors(ctx, settings.anchors, ANCHOR_COUNT, settings.min_anchor_images)
+    subjects = choose_subjects(ctx, settings, {identity for identity, _, _ in anchors})
+    transfers = [transfer_to_anchor(ctx, anchor, subjects, projector, strengths) for anchor in anchors]
+    report = {"subspace": subspace, "strengths": strengths,
+              "subjects": [str(key) for key in ctx.split("test").keys[subjects.rows]],
+              "anchors": [{"identity": a.identity, "split": a.split, "images": len(a.rows),
+                           "figure": f"identity_anchor{a.identity}.png",
+                           "metrics": measure_anchor(ctx, a, subjects, basis, projector)} for a in transfers]}
+    draw(out, settings, report, subjects, transfers)
+    return report
