@@ -1,5 +1,6 @@
 """Command-line flags generated from a settings dataclass: every field is a `--flag` with the field's default
-(help text from `field(metadata={"help": ...})` where a field has one), so settings are defined once."""
+(help text and allowed values from `field(metadata={"help": ..., "choices": ...})` where a field has them), so
+settings are defined once."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ def add_flags(parser: argparse.ArgumentParser, settings: type) -> None:
         flag = "--" + spec.name.replace("_", "-")
         kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-        extra: dict[str, Any] = {"help": spec.metadata["help"]} if "help" in spec.metadata else {}
+        extra: dict[str, Any] = {key: spec.metadata[key] for key in ("help", "choices") if key in spec.metadata}
         if kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **extra)
         else:

@@ -11,7 +11,6 @@ files) ends with one line naming the value or file and exit code 1.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -30,16 +29,6 @@ from edit.common import EditError, fmt_float, load_context
 console = Console()
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, settings: type) -> None:
-    """common.flags.add_flags, then the `choices` a field lists in its metadata (add_flags has none)."""
-    add_flags(parser, settings)
-    choices = {spec.name: spec.metadata["choices"] for spec in dataclasses.fields(settings)
-               if "choices" in spec.metadata}
-    for action in parser._actions:
-        if action.dest in choices:
-            action.choices = choices[action.dest]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m edit", description="Latent face editing with a trained VAE.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--no-cache", action="store_true", help="do not read/write the train-split latents cache")
     for name, command in COMMANDS.items():
         # --subjects, --seed (edit.common.EditSettings) and the command's own flags
-        add_settings_flags(commands.add_parser(name, parents=[common], help=command.help), command.settings)
+        add_flags(commands.add_parser(name, parents=[common], help=command.help), command.settings)
     return parser
 
 
