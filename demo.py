@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 from common.device import default_device
+from common.errors import UserError
 
 console = Console()
 
@@ -114,7 +115,7 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
     ]
     source = f"CelebA at {root}" if not synthetic else f"synthetic CelebA ({args.synthetic_images:,} images)"
     device = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores)"
-    outputs = {"run": run, "eval_json": eval_json, "bonus_json": bonus_json,
+    outputs = {"run": run, "shards": shards, "eval_json": eval_json, "bonus_json": bonus_json,
                "edit_dirs": {name: edits / name for name in ("amplify", "guide", "identity")},
                "bench_jsons": [bench / "loaders.json", bench / "train.json"],
                "subtitle": f"{source}; {device}, torch {torch.__version__}"}
@@ -148,14 +149,25 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         timings[step.name] = round(time.perf_counter() - started, 1)
         timings_file.write_text(json.dumps(timings, indent=2) + "\n")
-    from report import write_report
+    from eval.export import export
+    from report import write_pdf, write_report
 
     step_times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
     page = write_report(args.work / "report", outputs["run"], outputs["eval_json"], outputs["bonus_json"],
                         outputs["edit_dirs"], outputs["bench_jsons"],
                         subtitle=f"{outputs['subtitle']}; demo step times: {step_times}")
+    pdf = write_pdf(page)
     console.print(f"step times: {step_times}")
-    console.print(f"[green]report:[/green] {page.resolve()}")
+    console.print(f"[green]report:[/green] {page.resolve()}" + (f" and {pdf.resolve()}" if pdf else
+                                                                 " (no Chromium here: no PDF)"))
+    submission = args.work / "submission"
+    try:
+        if not submission.exists():
+            export(outputs["run"], submission, outputs["shards"] / "test", page.parent)
+    except UserError as err:
+        console.print(f"[red]demo failed at step 'hand-in':[/red] {err}", soft_wrap=True)
+        return 1
+    console.print(f"[green]hand-in folder:[/green] {submission.resolve()} (python -m eval.export)")
     return 0
 
 

@@ -11,6 +11,8 @@ import html
 import json
 import shutil
 import statistics
+import subprocess
+import tempfile
 from pathlib import Path
 
 from eval.core import CAVEAT
@@ -29,12 +31,15 @@ img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .5em .8em; }
 details { margin: .4em 0 1em; } summary { cursor: pointer; color: #555; }
 nav a { margin-right: 1em; } .sub { color: #555; margin-top: 0; }
+@media print { nav, details { display: none; } figure, table { break-inside: avoid; } body { max-width: none; } }
 """
 
-# Marks on <body> how many images the page has and how many failed to load (a browser test reads them).
+# Marks on <body> how many images the page has, how many failed to load and where the first one starts
+# (a browser test reads them).
 IMAGE_CHECK = ("addEventListener('load', () => { const images = [...document.images]; "
                "document.body.dataset.images = images.length; "
-               "document.body.dataset.brokenImages = images.filter(i => !i.complete || i.naturalWidth === 0).length; });")
+               "document.body.dataset.brokenImages = images.filter(i => !i.complete || i.naturalWidth === 0).length; "
+               "if (images.length) document.body.dataset.firstImageTop = Math.round(images[0].getBoundingClientRect().top); });")
 
 DESIGN = ("<p>Encoder/decoder in the style of the Stable Diffusion autoencoder (GroupNorm + SiLU), ResNeXt bottlenecks "
           "(1×1 reduce, 3×3 grouped, 1×1 expand) with Squeeze-and-Excitation gating and LayerScale, strided-conv "
@@ -163,30 +168,37 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def data_section(shards: Path | None) -> str:
-    dataset = _read_json(shards / "dataset.json") if shards else None
-    if dataset is None:
-        return "<p>The run's shards (and their dataset.json) are not at the path in its config.</p>"
-    counts = dataset["counts"]
-    rows = [("shards", str(shards)), *((f"{split} images", n) for split, n in counts.items()),
-            ("image", f"{dataset['image_size']}×{dataset['image_size']}×{dataset['channels']} {dataset['layout']}"),
-            ("encoding", dataset["encoding"] + (f" (JPEG q{dataset['jpeg_quality']})" if dataset.get("jpeg_quality") else "")),
-            ("crop", f"{dataset['crop']['name']} {dataset['crop']['box']}"), ("resample", dataset["resample"]),
-            ("skipped source images", len(dataset.get("skipped", [])))]
-    return pairs_table(rows)
-
-
 def design_section(run: Path, config: dict, summary: dict) -> str:
+    """A few sentences and one compact table of the choices that matter; every field one click away."""
     model_json = _read_json(_latest(run, "checkpoints/step-*/vae/model.json")) or {}
     model = dict(model_json.get("config", {}))
+    shards = Path(config["shards"]) if "shards" in config else None
+    dataset = _read_json(shards / "dataset.json") if shards else None
+    rows = []
+    if dataset:
+        counts = dataset["counts"]
+        encoding = dataset["encoding"] + (f" (JPEG q{dataset['jpeg_quality']})" if dataset.get("jpeg_quality") else "")
+        rows.append(("data", f"{counts['train']:,} / {counts['valid']:,} / {counts['test']:,} train / valid / test "
+                             f"images, {dataset['image_size']}×{dataset['image_size']}, crop {dataset['crop']['name']}, "
+                             f"{encoding} shards"))
+    if model:
+        rows.append(("model", f"{model_json.get('parameters', 0):,} parameters; stage widths "
+                              f"{_format(model['channels'])}, depths {_format(model['depths'])}; latent "
+                              f"{model['latent_dim']}; decoder likelihood {model['likelihood']}"))
+    if config:
+        rows += [("optimisation", f"AdamW, lr {config['lr']:g} ({config['warmup_steps']} warm-up steps, cosine to "
+                                  f"{config['min_lr_ratio']:g}×), batch {config['batch_size']}, {config['epochs']} "
+                                  f"epochs, grad clip {config['grad_clip']:g}, EMA {config['ema_decay']:g}"),
+                 ("KL", f"β {config['beta']:g}, {config['kl_anneal']} annealing over {config['kl_anneal_steps']} "
+                        f"steps" + (f"; perceptual {config['perceptual']}" if config.get("perceptual") else ""))]
+    if summary:
+        rows.append(("run", f"{summary['step']:,} steps on {summary['world_size']} rank(s), "
+                            f"{summary.get('device', '?')}, mixed precision {summary.get('mixed_precision', '?')}, "
+                            f"compiled {summary.get('compiled', '?')}"))
     training = {k: v for k, v in config.items() if k not in ("resume", "shards", "out")}
-    run_rows = [(k, v) for k, v in summary.items() if k != "last_epoch"]
-    if "parameters" in model_json:
-        run_rows.insert(0, ("parameters", model_json["parameters"]))
-    return (DESIGN + "<div class='cols'>"
-            + "".join(f"<div><h3>{title}</h3>{pairs_table(list(rows))}</div>"
-                      for title, rows in (("model", model.items()), ("training", training.items()), ("run", run_rows)))
-            + "</div>")
+    run_fields = {k: v for k, v in summary.items() if k != "last_epoch"}
+    return (DESIGN + pairs_table(rows, ("choice", "value"))
+            + all_fields({"model": model, "training": training, "run": run_fields, "data": dataset or {}}))
 
 
 def metrics_section(page: Page, eval_json: Path | None, bonus_json: Path | None) -> str:
@@ -214,7 +226,13 @@ def metrics_section(page: Page, eval_json: Path | None, bonus_json: Path | None)
     return body
 
 
-def training_section(page: Page, run: Path) -> str:
+HEALTH_FIGURES = (("reconstructions_epoch*.png", "reconstructions (decoder mean at μ), last epoch, EMA weights"),
+                  ("samples_epoch*.png", "prior samples z = T·ε at temperatures T = 0.2, 0.5, 1.0, 1.5"),
+                  ("interpolation_epoch*.png", "interpolation z = a·z₁ + (1−a)·z₂ between test images (μ)"),
+                  ("loss_curves.png", "KL and Gaussian NLL, train and valid (nats / image)"))
+
+
+def epoch_table(run: Path) -> str:
     records = _read_jsonl(run / "metrics.jsonl")
     steps = [r for r in records if r["kind"] == "step"]
     rows = []
@@ -227,19 +245,21 @@ def training_section(page: Page, run: Path) -> str:
         rows.append([epoch["epoch"], epoch["step"], epoch["train"]["gaussian_nll"], epoch["train"]["kl"],
                      valid["gaussian_nll"], valid["kl"], valid["bpd"], valid["harmonic"], valid["active_units"],
                      rate, None if wait is None else f"{100 * wait:.1f} %"])
-    body = ""
-    if rows:
-        body += grid_table(["epoch", "step", "train Gaussian NLL", "train KL", "valid Gaussian NLL", "valid KL",
-                            "valid bits/dim", "valid H", "active", "train img/s (median)", "data wait (median)"], rows)
-    figures = run / "figures"
-    for pattern, caption in (("loss_curves.png", "KL and Gaussian NLL, train and valid (nats / image)"),
-                             ("reconstructions_epoch*.png", "reconstructions, last epoch (EMA weights)"),
-                             ("interpolation_epoch*.png", "interpolation between test images (μ, 10 steps)"),
-                             ("samples_epoch*.png", "prior samples at temperatures 0.2, 0.5, 1.0, 1.5")):
-        found = _latest(figures, pattern)
-        if found is not None:
-            body += page.image(found, caption)
-    return body or "<p>No metrics or figures in the run folder.</p>"
+    if not rows:
+        return ""
+    table = grid_table(["epoch", "step", "train Gaussian NLL", "train KL", "valid Gaussian NLL", "valid KL",
+                        "valid bits/dim", "valid H", "active", "train img/s (median)", "data wait (median)"], rows)
+    return f"<details><summary>per-epoch table ({len(rows)} epochs)</summary>{table}</details>"
+
+
+def health_section(page: Page, run: Path) -> str:
+    """What the course grades first: reconstructions, temperature samples, interpolations and the loss curves."""
+    found = [(path, caption) for pattern, caption in HEALTH_FIGURES
+             if (path := _latest(run / "figures", pattern)) is not None]
+    if not found and not (run / "metrics.jsonl").is_file():
+        return "<p>No metrics or figures in the run folder.</p>"
+    return "<div class='grid'>" + "".join(page.image(path, caption) for path, caption in found) + "</div>" + \
+        epoch_table(run)
 
 
 def amplify_summary(data: dict) -> str:
@@ -314,14 +334,27 @@ def write_report(out: Path, run: Path, eval_json: Path | None = None, bonus_json
     page = Page(out, title, subtitle)
     config = _read_json(run / "config.json") or {}
     summary = _read_json(run / "train_summary.json") or {}
-    page.section("Data", data_section(Path(config["shards"]) if "shards" in config else None))
+    page.section("Samples and training curves", health_section(page, run))
     page.section("Design and hyperparameters", design_section(run, config, summary))
     if (eval_json and eval_json.is_file()) or (bonus_json and bonus_json.is_file()):
         page.section("Test metrics", metrics_section(page, eval_json, bonus_json))
-    page.section("Training", training_section(page, run))
     for name, folder in (edit_dirs or {}).items():
         page.section(f"Editing: {name}", edit_section(page, name, folder))
     benches = [(path, _read_json(path)) for path in bench_jsons or [] if path.is_file()]
     if benches:
         page.section("Benchmarks", bench_section(benches))
     return page.write()
+
+
+def write_pdf(page: Path) -> Path | None:
+    """The page printed to `report.pdf` beside it by headless Chromium (Debian's package); None without one."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return None
+    pdf = page.parent / "report.pdf"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--no-pdf-header-footer",
+                        f"--user-data-dir={profile}", f"--print-to-pdf={pdf}", page.as_uri()],
+                       capture_output=True, timeout=180, check=True)
+    return pdf

@@ -69,11 +69,12 @@ def start_runtime(cpu: bool) -> Runtime:
     return Runtime(default_device(cpu), 0, 1, True, precision)
 
 
-def common_parser(description: str, iw_default: int) -> argparse.ArgumentParser:
+def common_parser(description: str, iw_default: int, checkpoint_help: str = "") -> argparse.ArgumentParser:
+    """The flags eval and bonus_1.py share; `checkpoint_help` makes --checkpoint optional (bonus_1.py finds one)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--checkpoint", required=True,
+    parser.add_argument("--checkpoint", required=not checkpoint_help,
                         help="a vae/ folder (model.safetensors + model.json), a run checkpoint, or a run folder "
-                             "(its latest checkpoint)")
+                             "(its latest checkpoint)" + checkpoint_help)
     parser.add_argument("--shards", required=True, help="the split folder to evaluate, e.g. shards/test")
     parser.add_argument("--loader", default="resident", choices=LOADER_KINDS)
     parser.add_argument("--batch-size", type=int, default=64, help="per rank; does not change the result")

@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-# The report test opens the page in a real headless Chromium (Debian's package); without it that test skips.
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
-        || echo "test: could not install chromium; the browser test will be skipped"
+# The report test opens the page in a real headless Chromium and reads its PDF with poppler (Debian's packages);
+# without them those tests skip.
+if ! { command -v chromium && command -v pdftoppm; } >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+        && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils) >/dev/null 2>&1 \
+        || echo "test: could not install chromium / poppler-utils; the browser and PDF tests will be skipped"
 fi
 exec .venv/bin/python -m pytest -q "$@"

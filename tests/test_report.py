@@ -8,7 +8,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import demo
 from report import write_report
@@ -17,7 +19,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--virtual-time-budget=5000"]
-DEMO_SECTIONS = ("Data", "Design and hyperparameters", "Test metrics", "Training", "Editing: amplify",
+DEMO_SECTIONS = ("Samples and training curves", "Design and hyperparameters", "Test metrics", "Editing: amplify",
                  "Editing: guide", "Editing: identity", "Benchmarks")
 DEMO_FLAGS = ["--synthetic-images", "1000", "--epochs", "1", "--classifier-epochs", "1"]
 
@@ -31,15 +33,18 @@ def _browser(page: Path, tmp_path: Path, *extra: str) -> str:
     return result.stdout
 
 
+def _body_data(dom: str, name: str) -> int:
+    return int(re.search(rf'data-{name}="(-?\d+)"', re.search(r"<body[^>]*>", dom).group(0)).group(1))
+
+
 def _image_counts(dom: str) -> tuple[int, int]:
-    body = re.search(r"<body[^>]*>", dom).group(0)
-    return int(re.search(r'data-images="(\d+)"', body).group(1)), int(re.search(r'data-broken-images="(\d+)"', body).group(1))
+    return _body_data(dom, "images"), _body_data(dom, "broken-images")
 
 
 def test_report_of_a_bare_run_has_its_sections_and_no_broken_image(tiny_run, tmp_path):
     page = write_report(tmp_path / "report", tiny_run)
     text = page.read_text()
-    for section in ("Data", "Design and hyperparameters", "Training", "loss_curves", "reconstructions",
+    for section in ("Samples and training curves", "Design and hyperparameters", "loss_curves", "reconstructions",
                     "interpolation", "samples", "latent_dim", "valid bits/dim"):
         assert section in text, section
     assert "Test metrics" not in text and "Editing" not in text  # no eval or edits given: no empty sections
@@ -79,11 +84,70 @@ def test_demo_report_has_every_section_and_every_image_loads(demo_work, tmp_path
                     "bonus_1.py", "loss_curves", "reconstructions", "interpolation", "samples", "amplify_z",
                     "guide_add_Eyeglasses", "identity_anchor", "x seeds", "data wait share"):
         assert content in text, content
-    images, broken = _image_counts(_browser(page, tmp_path, "--dump-dom"))
+    assert text.index("reconstructions") < text.index(">Design and hyperparameters</h2>")  # grids come first
+    dom = _browser(page, tmp_path, "--dump-dom", "--window-size=1280,800")
+    images, broken = _image_counts(dom)
     assert images == len(list((demo_work / "report" / "img").iterdir())) >= 15 and broken == 0
+    assert _body_data(dom, "first-image-top") < 400  # the reconstruction grid is on the first screen
     screenshot = tmp_path / "report.png"
-    _browser(page, tmp_path, f"--screenshot={screenshot}", "--window-size=1280,4000")
+    _browser(page, tmp_path, f"--screenshot={screenshot}", "--window-size=1280,800")
     assert screenshot.stat().st_size > 50_000
+
+
+def test_demo_report_pdf_has_every_section_on_non_blank_pages(demo_work, tmp_path):
+    pdf = demo_work / "report" / "report.pdf"
+    if shutil.which("pdftoppm") is None or CHROMIUM is None:
+        pytest.skip("needs chromium (writes the PDF) and poppler-utils (reads it)")
+    text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout.split())
+    for section in DEMO_SECTIONS:
+        assert section in text, section
+    subprocess.run(["pdftoppm", "-r", "30", "-png", str(pdf), str(tmp_path / "page")], check=True)
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert len(pages) >= 3
+    for path in pages:
+        pixels = np.asarray(Image.open(path).convert("L"))
+        assert (pixels < 200).mean() > 0.005, path.name  # text or figures, not an empty page
+
+
+def test_bonus_1_without_a_checkpoint_finds_the_demo_run(demo_work, tmp_path, monkeypatch, capsys):
+    import bonus_1
+
+    split = str(demo_work / "shards" / "test")
+    explicit = json.loads((demo_work / "eval" / "bonus_1-test.json").read_text())
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "demo").symlink_to(demo_work)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bonus_1, "HERE", tmp_path)  # not the repository's own runs/
+    assert bonus_1.main(["--shards", split, "--out", str(tmp_path / "found")]) == 0
+    assert "no --checkpoint given: using" in capsys.readouterr().out
+    found = json.loads((tmp_path / "found" / "bonus_1-test.json").read_text())
+    assert found["harmonic"] == explicit["harmonic"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    monkeypatch.setattr(bonus_1, "HERE", empty)
+    assert bonus_1.main(["--shards", split]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no --checkpoint given and none found" in err and str(empty) in err
+
+
+def test_hand_in_folder_holds_no_pickle_and_reproduces_h(demo_work, tmp_path):
+    from eval.cli import main as eval_main
+    from eval.export import main as export_main
+
+    submission = demo_work / "submission"
+    files = sorted(p.relative_to(submission).as_posix() for p in submission.rglob("*") if p.is_file())
+    assert {"checkpoint/model.safetensors", "checkpoint/model.json", "bonus_1.txt", "bonus_1-test.json",
+            "report/index.html"} <= set(files)
+    assert not [f for f in files if f.endswith((".pkl", ".bin", ".pt", ".pth"))], files
+    exported = json.loads((submission / "bonus_1-test.json").read_text())
+    explicit = json.loads((demo_work / "eval" / "bonus_1-test.json").read_text())
+    assert exported["harmonic"] == explicit["harmonic"]
+    assert f"H = {exported['harmonic']['H']:.6f}" in (submission / "bonus_1.txt").read_text()
+    assert eval_main(["--checkpoint", str(submission / "checkpoint"), "--shards", str(demo_work / "shards" / "test"),
+                      "-K", "0", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "eval-test.json").read_text())["harmonic"] == exported["harmonic"]
+    assert export_main([str(demo_work / "vae"), "--out", str(submission)]) == 1  # never overwrites
 
 
 def test_demo_rerun_skips_every_finished_step(demo_work, capsys):

@@ -7,6 +7,7 @@ never leaves one that looks finished.
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from pathlib import Path
@@ -38,6 +39,14 @@ def resolve_vae_folder(path: Path | str) -> Path:
 def load_vae(path: Path | str, device: torch.device | str = "cpu") -> tuple[VAE, dict]:
     """The VAE of a `vae/` folder, a run checkpoint or a run folder: (vae in eval mode, metadata)."""
     return load_vae_folder(resolve_vae_folder(path), device)
+
+
+def newest_run_checkpoint(root: Path) -> Path | None:
+    """The most recently written run checkpoint anywhere below `root` (e.g. `runs/`), or None."""
+    pattern = os.path.join(glob.escape(str(root)), "**", "checkpoints", "step-*", VAE_FOLDER, MODEL_WEIGHTS)
+    found = [Path(weights).parent.parent for weights in glob.glob(pattern, recursive=True)]  # follows symlinks
+    found = [step for step in found if not step.name.endswith(".partial")]
+    return max(found, key=lambda step: (step / VAE_FOLDER / MODEL_WEIGHTS).stat().st_mtime_ns, default=None)
 
 
 def checkpoint_name(step: int) -> str:
