@@ -114,26 +114,18 @@ def test_compiled_bf16_training_on_the_cpu_resumes_and_evaluates(synthetic_shard
 
 
 def test_two_compiled_bf16_processes_stay_in_sync_and_resume(synthetic_shards, tmp_path):
-    """Compile once, then DDP, in a real 2-process run; resumed by another 2-process run."""
-    out = tmp_path / "ddp-compiled"
-    summary = _torchrun(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "3", "--no-figures")
-    assert summary["world_size"] == 2 and summary["ranks_in_sync"]
-    _check_gpu_path_run(out, synthetic_shards, summary, 3)
-    summary = _torchrun(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "5", "--no-figures",
-                        "--resume", "latest")
-    assert summary["ranks_in_sync"]
-    _check_gpu_path_run(out, synthetic_shards, summary, 5)
-
-
-def test_two_processes_stay_in_sync_and_write_one_checkpoint(synthetic_shards, tmp_path):
+    """Compile once, then DDP, in a real 2-process run of one epoch; resumed for a second by another such run."""
     out = tmp_path / "ddp"
-    summary = _torchrun(synthetic_shards, out, "--epochs", "1", "--no-figures")
+    summary = _torchrun(synthetic_shards, out, *GPU_PATH, "--epochs", "1", "--no-figures")
     assert summary["world_size"] == 2 and summary["ranks_in_sync"]
     assert [p.name for p in list_checkpoints(out)] == [f"step-{summary['step']:07d}"]
-    train_count = json.loads((synthetic_shards / "dataset.json").read_text())["counts"]["train"]
-    assert summary["step"] == train_count // (2 * 16)  # each rank takes half of every epoch
-    assert summary["last_epoch"]["valid"]["images"] == json.loads(
-        (synthetic_shards / "dataset.json").read_text())["counts"]["valid"]
+    dataset = json.loads((synthetic_shards / "dataset.json").read_text())
+    steps = dataset["counts"]["train"] // (2 * 16)  # each rank takes half of every epoch
+    assert summary["last_epoch"]["valid"]["images"] == dataset["counts"]["valid"]
+    _check_gpu_path_run(out, synthetic_shards, summary, steps)
+    summary = _torchrun(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--no-figures", "--resume", "latest")
+    assert summary["ranks_in_sync"] and summary["epoch"] == 2
+    _check_gpu_path_run(out, synthetic_shards, summary, 2 * steps)
 
 
 def test_non_finite_loss_stops_with_the_last_good_state(synthetic_shards, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from loaders import Loader, make_loader
 from model import VAE, bits_per_dim, create_vae, harmonic_metric
@@ -97,6 +97,7 @@ class Run:
     state: TrainerState
     window: LogWindow
     progress: Progress
+    bar: TaskID  # the epoch's progress bar
     metrics_file: object | None  # rank 0 appends metrics.jsonl
     figure_images: torch.Tensor | None
 
@@ -163,9 +164,9 @@ def setup(cfg: TrainConfig) -> Run:
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
                         disable=not main_process)
-    progress.add_task("train", total=len(train_loader), epoch=state.epoch, stats="")
+    bar = progress.add_task("train", total=len(train_loader), epoch=state.epoch, stats="")
     return Run(cfg, accelerator, train_loader, valid_loader, vae, ema, ema_vae, step_module, optimizer, scheduler,
-               state, LogWindow(torch.zeros(len(STAT_NAMES), device=device)), progress,
+               state, LogWindow(torch.zeros(len(STAT_NAMES), device=device)), progress, bar,
                open(cfg.out_path / "metrics.jsonl", "a") if main_process else None,
                fixed_figure_images(shards, device) if cfg.figures and main_process else None)
 
@@ -190,7 +191,7 @@ def train_one_epoch(run: Run) -> bool:
     """Train from the state's position to the end of its epoch; False when --max-steps stopped it first."""
     cfg, state, window, accelerator = run.cfg, run.state, run.window, run.accelerator
     run.train_loader.set_epoch(state.epoch, start_batch=run.batch_in_epoch)
-    run.progress.update(0, completed=run.batch_in_epoch, epoch=state.epoch)
+    run.progress.update(run.bar, completed=run.batch_in_epoch, epoch=state.epoch)
     device = accelerator.device
     params = list(run.vae.parameters())
     batches = iter(run.train_loader)
@@ -220,7 +221,7 @@ def train_one_epoch(run: Run) -> bool:
         window.stats_sum += stats.detach()
         window.steps += 1
         state.epoch_sums += torch.cat([stats.detach().double(), stats.new_ones(1, dtype=torch.float64)])
-        run.progress.advance(0)
+        run.progress.advance(run.bar)
         if state.step % cfg.log_every == 0:
             log_steps(run, weight)
         if state.step % cfg.checkpoint_every == 0:
@@ -242,9 +243,9 @@ def log_steps(run: Run, weight: float) -> None:
               "data_wait_share": window.waited / elapsed}
     state.steps_log.append(record)
     run.log_record(record)
-    run.progress.update(0, stats=(f"loss {record['loss']:.1f} nll {record['gaussian_nll']:.1f} kl {record['kl']:.1f} "
-                                  f"bpd {record['bpd']:.3f} {record['images_per_s']:.0f} img/s "
-                                  f"wait {100 * record['data_wait_share']:.1f}%"))
+    run.progress.update(run.bar, stats=(f"loss {record['loss']:.1f} nll {record['gaussian_nll']:.1f} "
+                                        f"kl {record['kl']:.1f} bpd {record['bpd']:.3f} "
+                                        f"{record['images_per_s']:.0f} img/s wait {100 * record['data_wait_share']:.1f}%"))
     window.reset()
 
 
