@@ -80,6 +80,44 @@ def test_resume_equals_uninterrupted(synthetic_shards, tmp_path):
         torch.testing.assert_close(ema_a[name], ema_b[name], rtol=0, atol=0, msg=name)
 
 
+def test_minutes_budget_ends_at_the_planned_step_with_a_validated_last_epoch(synthetic_shards, tmp_path):
+    out = tmp_path / "budget"
+    _run(synthetic_shards, out, "--minutes", "0.05", "--warmup-steps", "5", "--no-figures")
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["planned_steps"] >= 5 and summary["step"] == summary["planned_steps"]
+    steps_per_epoch = json.loads((synthetic_shards / "dataset.json").read_text())["counts"]["train"] // 16
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(epochs) == summary["epoch"] == math.ceil(summary["step"] / steps_per_epoch)  # the last one may be partial
+    assert epochs[-1]["step"] == summary["step"]
+
+
+def test_minutes_plan_is_recorded_and_resumes_exactly(synthetic_shards, tmp_path, monkeypatch):
+    import train.run
+
+    flags = ("--minutes", "0.2", "--warmup-steps", "5", "--no-figures")
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    _run(synthetic_shards, stopped, *flags, "--max-steps", "6")  # planned after 4 steps, stopped at 6
+    planned = json.loads((stopped / "train_summary.json").read_text())["planned_steps"]
+    assert planned >= 5
+    _run(synthetic_shards, stopped, *flags, "--max-steps", "14", "--resume", "latest")
+    assert json.loads((stopped / "train_summary.json").read_text())["planned_steps"] == planned  # not re-planned
+
+    plan = train.run.plan_budget  # an uninterrupted run whose timing plans the same number
+
+    def same_plan(run, done, step_seconds):
+        plan(run, done, step_seconds)
+        if run.state.total_steps:
+            run.state.total_steps = planned
+
+    monkeypatch.setattr(train.run, "plan_budget", same_plan)
+    _run(synthetic_shards, straight, *flags, "--max-steps", "14")
+    a, b = (_training_weights(list_checkpoints(run)[-1]) for run in (straight, stopped))
+    assert list_checkpoints(stopped)[-1].name == list_checkpoints(straight)[-1].name
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
 GPU_PATH = ("--compile", "on", "--precision", "bf16")  # what a GPU run does by default, here on the CPU
 
 

@@ -23,6 +23,7 @@ class TrainConfig:
     # optimisation
     batch_size: int = 32  # per process; the seed warns that very large batches collapse to the mean
     epochs: int = 10
+    minutes: float = 0.0  # > 0: train to this wall-clock budget instead of --epochs (the step count is planned)
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = run all epochs)
     lr: float = 2e-4
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio

@@ -37,6 +37,9 @@ from train.objective import EMA, STAT_NAMES, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
 
 console = Console()
+CALIBRATION_STEPS = 30  # --minutes: steps timed before planning (fewer if the warm-up is shorter)
+VALID_STEP_SHARE = 0.5  # a validation batch's cost relative to a training step's (forward only, plus the NLL)
+FIGURE_SECONDS = 1.0  # per epoch, the figures (rank 0)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -49,6 +52,7 @@ class TrainerState:
     validated epochs, and the position inside it follows from the step (`Run.batch_in_epoch`)."""
 
     step: int
+    total_steps: int  # the schedule's length: epochs x steps per epoch, or planned for --minutes (0: not yet)
     epoch_sums: torch.Tensor  # this rank's sums of the STAT_NAMES over the epoch's images, then their count
     steps_log: list[dict] = field(default_factory=list)
     epochs_log: list[dict] = field(default_factory=list)
@@ -58,11 +62,12 @@ class TrainerState:
         return len(self.epochs_log)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "epoch_sums": self.epoch_sums, "steps_log": self.steps_log,
-                "epochs_log": self.epochs_log}
+        return {"step": self.step, "total_steps": self.total_steps, "epoch_sums": self.epoch_sums,
+                "steps_log": self.steps_log, "epochs_log": self.epochs_log}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step, self.steps_log, self.epochs_log = state["step"], state["steps_log"], state["epochs_log"]
+        self.step, self.total_steps = state["step"], state["total_steps"]
+        self.steps_log, self.epochs_log = state["steps_log"], state["epochs_log"]
         self.epoch_sums.copy_(state["epoch_sums"])
 
 
@@ -105,9 +110,19 @@ class Run:
     def out(self) -> Path:
         return self.cfg.out_path
 
+    started: float = field(default_factory=time.perf_counter)  # when training began in this process
+    calibration_seconds: float = 0.0  # --minutes: time of the steps timed for the plan
+
     @property
     def batch_in_epoch(self) -> int:
         return self.state.step - self.state.epoch * len(self.train_loader)
+
+    @property
+    def epochs(self) -> float:
+        """Epochs to run: --epochs, or as many (the last one partial) as the planned --minutes budget holds."""
+        if not self.cfg.minutes:
+            return self.cfg.epochs
+        return math.ceil(self.state.total_steps / len(self.train_loader)) if self.state.total_steps else math.inf
 
     def log_record(self, record: dict) -> None:
         if self.metrics_file:
@@ -116,6 +131,8 @@ class Run:
 
 
 def setup(cfg: TrainConfig) -> Run:
+    if cfg.minutes and cfg.warmup_steps < 3:
+        raise SystemExit("--minutes plans the step count during the LR warm-up: use --warmup-steps 3 or more")
     on_cuda = torch.cuda.is_available()
     precision = {"auto": "bf16" if on_cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.precision]
     accelerator = Accelerator(mixed_precision=precision)
@@ -131,7 +148,6 @@ def setup(cfg: TrainConfig) -> Run:
                                seed=cfg.seed, shuffle=True, drop_last=True, num_workers=cfg.num_workers)
     valid_loader = make_loader(cfg.loader, shards / "valid", cfg.batch_size, device, rank=rank, world_size=world,
                                seed=cfg.seed, shuffle=False, drop_last=False, num_workers=cfg.num_workers)
-    total_steps = cfg.epochs * len(train_loader)  # the LR schedule's length; --max-steps only stops early
 
     overrides = {"likelihood": cfg.likelihood} | ({"latent_dim": cfg.latent_dim} if cfg.latent_dim else {})
     vae = create_vae(cfg.preset, **overrides).to(device)
@@ -142,11 +158,14 @@ def setup(cfg: TrainConfig) -> Run:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99),
                                   fused=on_cuda)
+    # --max-steps only stops early; the schedule's length is the state's, so a --minutes plan made after the
+    # first steps (all inside the warm-up, where the length does not matter yet) is resumed exactly.
+    state = TrainerState(0, 0 if cfg.minutes else cfg.epochs * len(train_loader),
+                         torch.zeros(len(STAT_NAMES) + 1, device=device, dtype=torch.float64))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
+        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, state.total_steps, cfg.min_lr_ratio))
     ema = EMA(vae, cfg.ema_decay)
     ema_vae = copy.deepcopy(vae).eval().requires_grad_(False)
-    state = TrainerState(0, torch.zeros(len(STAT_NAMES) + 1, device=device, dtype=torch.float64))
 
     # Compile once (not per epoch), then DDP. The scheduler is stepped by hand, not prepared: Accelerate
     # would step it once per process.
@@ -179,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
     run = setup(cfg)
     with run.progress:
-        while run.state.epoch < cfg.epochs:
+        while run.state.epoch < run.epochs:
             if not train_one_epoch(run):
                 break  # --max-steps reached
             end_of_epoch(run)
@@ -188,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_one_epoch(run: Run) -> bool:
-    """Train from the state's position to the end of its epoch; False when --max-steps stopped it first."""
+    """Train from the state's position to the end of its epoch (or of the planned steps, if that comes first);
+    False when --max-steps stopped it before."""
     cfg, state, window, accelerator = run.cfg, run.state, run.window, run.accelerator
     run.train_loader.set_epoch(state.epoch, start_batch=run.batch_in_epoch)
     run.progress.update(run.bar, completed=run.batch_in_epoch, epoch=state.epoch)
@@ -199,7 +219,7 @@ def train_one_epoch(run: Run) -> bool:
         wait_started = time.perf_counter()
         batch = next(batches, None)  # the only place the step can wait for data
         window.waited += time.perf_counter() - wait_started
-        if batch is None:
+        if batch is None or (state.total_steps and state.step == state.total_steps):
             return True
         weight = kl_weight(state.step, cfg.kl_anneal, cfg.beta, cfg.kl_anneal_steps, cfg.kl_cycle_ramp)
         with accelerator.autocast():
@@ -214,6 +234,9 @@ def train_one_epoch(run: Run) -> bool:
             raise NonFiniteLoss(f"non-finite loss/gradient at step {state.step} (loss {loss.item():.4g}); "
                                 f"the last good state is saved in {saved}")
         run.optimizer.step()
+        if cfg.minutes and not state.total_steps:
+            # Before the scheduler sets the next step's rate from the plan.
+            plan_budget(run, state.step + 1, time.perf_counter() - wait_started)
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
         run.ema.update(run.vae, state.step)
@@ -228,6 +251,29 @@ def train_one_epoch(run: Run) -> bool:
             save_checkpoint(run)
         if cfg.max_steps and state.step >= cfg.max_steps:
             return False
+
+
+def plan_budget(run: Run, done: int, step_seconds: float) -> None:
+    """--minutes: once `done` steps are timed, fix the total step count the budget holds.
+
+    Planned inside the warm-up, whose rates do not depend on the schedule's length. The steps are timed from
+    the batch fetch to the optimizer step, the first one (one-off costs) and any validation left out;
+    validation (a forward pass, about VALID_STEP_SHARE of a training step per batch) and figures are counted
+    per epoch. The timings are maximised over ranks, so every rank plans the same number.
+    """
+    state, cfg = run.state, run.cfg
+    if done > 1:
+        run.calibration_seconds += step_seconds
+    if done < min(CALIBRATION_STEPS, cfg.warmup_steps - 1):
+        return
+    timings = torch.tensor([run.calibration_seconds / (done - 1), time.perf_counter() - run.started],
+                           device=run.accelerator.device, dtype=torch.float64)
+    seconds_per_step, elapsed = run.accelerator.reduce(timings, "max").tolist()
+    per_epoch = len(run.valid_loader) * seconds_per_step * VALID_STEP_SHARE + FIGURE_SECONDS * cfg.figures
+    per_step = seconds_per_step + per_epoch / len(run.train_loader)
+    state.total_steps = done + max(1, int((cfg.minutes * 60 - elapsed) / per_step))
+    console.print(f"--minutes {cfg.minutes:g}: {seconds_per_step * 1e3:.0f} ms per step -> {state.total_steps:,} "
+                  f"steps ({state.total_steps / len(run.train_loader):.1f} epochs)")
 
 
 def log_steps(run: Run, weight: float) -> None:
@@ -296,7 +342,8 @@ def finish(run: Run) -> None:
         run.metrics_file.close()
         summary = {"step": state.step, "epoch": state.epoch, "world_size": accelerator.num_processes,
                    "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
-                   "compiled": compiles(run.cfg), "checkpoint": str(final),
+                   "compiled": compiles(run.cfg), "planned_steps": state.total_steps, "minutes": run.cfg.minutes,
+                   "train_seconds": time.perf_counter() - run.started, "checkpoint": str(final),
                    "ranks_in_sync": bool((checksums == checksums[0]).all()),
                    "last_epoch": (state.epochs_log or [None])[-1]}
         (run.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
