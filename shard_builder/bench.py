@@ -23,8 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from shard_builder import format as fmt
-from shard_builder.annotations import IMAGE_DIR, read_annotations
+from shard_builder.annotations import read_annotations
 from shard_builder.build import BuildOptions, build, preprocess
+from shard_builder.layouts import find_layout
 
 
 def _members(shard: Path) -> list[bytes]:
@@ -77,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preprocess-images", type=int, default=2000)
     args = parser.parse_args(argv)
     console = Console()
-    annotations = read_annotations(args.root)
-    paths = [annotations.root / IMAGE_DIR / name for name in annotations.files[: args.preprocess_images]]
+    annotations = read_annotations(find_layout(args.root))
+    names = annotations.files[: args.preprocess_images]
     crop = fmt.CROPS["center"]
-    preprocess_rate = _rate(len(paths), lambda: [preprocess(p, crop) for p in paths])
+    preprocess_rate = _rate(len(names), lambda: [preprocess(annotations.layout.images, n, crop) for n in names])
     results = {"machine": platform.node(), "pil": f"{PIL.__name__} {PIL.__version__}",
                "preprocess_img_per_s_1core": preprocess_rate, "encodings": {}}
     exact = None
