@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from edit.common import (GRID_SCALE, EditContext, EditError, blank, choose_rows, low_frequency_correlation, parse_ints,
                          to_images)
+from shard_builder.format import UNKNOWN_IDENTITY
 from train.figures import save_grid
 
 ANCHOR_SPLITS = ("test", "train")  # where anchors are looked for, in this order
@@ -101,6 +102,9 @@ def parse_strengths(spec: str) -> list[float]:
 def run(ctx: EditContext, args, out, log) -> dict:
     strengths = parse_strengths(args.strengths)
     train = ctx.split("train")
+    if (train.identities == UNKNOWN_IDENTITY).any():
+        raise EditError(f"identity: {ctx.shards} was built without identity_CelebA.txt, so identities are unknown; "
+                        f"put CelebA's identity_CelebA.txt beside the annotation files and rebuild with build-shards")
     mu_train = ctx.latents("train", log)
     basis, basis_info = within_identity_basis(mu_train, train.identities, args.min_identity_images,
                                               args.pose_variance, args.pose_dims)

@@ -8,6 +8,7 @@ import json
 import shutil
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -90,6 +91,8 @@ def test_folder_is_read_when_the_zip_is_also_there(reference, tmp_path):
 
 
 def test_unknown_identities_are_the_sentinel_and_everything_else_works(reference, tmp_path):
+    from edit import identity as identity_edit
+    from edit.common import EditError
     from loaders import LOADER_KINDS, make_loader
 
     out = reference["unknown"]
@@ -107,6 +110,10 @@ def test_unknown_identities_are_the_sentinel_and_everything_else_works(reference
         batches = list(loader)
         assert sum(int(batch.mask.sum()) for batch in batches) == len(split), kind
         assert all((batch.identities == -1).all() for batch in batches), kind
+    # Identity transfer is the one thing that needs identities: it stops before any model work.
+    context = SimpleNamespace(shards=out, split=lambda name: open_split(out / name))
+    with pytest.raises(EditError, match=r"identity_CelebA\.txt.*rebuild"):
+        identity_edit.run(context, SimpleNamespace(strengths="1"), tmp_path, print)
 
 
 def test_a_folder_in_no_known_layout_names_what_was_looked_for_and_found(tmp_path, capsys):
