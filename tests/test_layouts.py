@@ -208,3 +208,61 @@ def test_truncated_zip_is_named(zipped_root, tmp_path, capsys):
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])  # an interrupted download
     assert build_shards(["--root", str(root), "--out", str(tmp_path / "out")]) == 1
     assert f"{archive}: not a readable zip file" in capsys.readouterr().err
+
+
+# --- the real sample, converted ----------------------------------------------------------------------------------
+
+
+def _write_lines(path: Path, lines: list[str], end: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes((end.join(lines) + end).encode("ascii"))
+
+
+def _convert(sample: Path, base: Path, every: int) -> dict[str, Path]:
+    """Every `every`-th image of the sample in torchvision's layout (with and without identities), the official
+    layout with a zip, and the Kaggle layout with a folder; folders are links to the sample's."""
+    attr_lines = (sample / "list_attr_celeba.txt").read_text().splitlines()
+    header, rows = attr_lines[1], attr_lines[2:][::every]
+    files = [row.split()[0] for row in rows]
+    keep = set(files)
+    identity = [line for line in (sample / "identity_CelebA.txt").read_text().splitlines() if line.split()[0] in keep]
+    partition = [line for line in (sample / "list_eval_partition.txt").read_text().splitlines()
+                 if line.split()[0] in keep]
+    roots = {}
+    for name, with_identity in (("torchvision", True), ("torchvision-no-identity", False)):
+        root = roots[name] = base / name
+        _write_lines(root / "list_attr_celeba.txt", [str(len(rows)), header] + rows, "\r\n")
+        _write_lines(root / "list_eval_partition.txt", partition, "\r\n")
+        if with_identity:
+            _write_lines(root / "identity_CelebA.txt", identity, "\r\n")
+        (root / "img_align_celeba").symlink_to(sample / "img_align_celeba")
+
+    official = roots["official"] = base / "official"
+    _write_lines(official / "Anno" / "list_attr_celeba.txt", [str(len(rows)), header] + rows, "\r\n")
+    _write_lines(official / "Anno" / "identity_CelebA.txt", identity, "\r\n")
+    _write_lines(official / "Eval" / "list_eval_partition.txt", partition, "\r\n")
+    (official / "Img").mkdir()
+    with zipfile.ZipFile(official / "Img" / "img_align_celeba.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(files):
+            archive.write(sample / "img_align_celeba" / name, f"img_align_celeba/{name}")
+
+    kaggle = roots["kaggle"] = base / "kaggle"
+    _write_lines(kaggle / "list_attr_celeba.csv",
+                 [",".join(["image_id", *header.split()])] + [",".join(row.split()) for row in rows], "\n")
+    _write_lines(kaggle / "list_eval_partition.csv",
+                 ["image_id,partition"] + [",".join(line.split()) for line in partition], "\n")
+    (kaggle / "img_align_celeba").mkdir()
+    (kaggle / "img_align_celeba" / "img_align_celeba").symlink_to(sample / "img_align_celeba")
+    return roots
+
+
+def test_real_sample_in_the_official_and_kaggle_layouts(sample_root, tmp_path):
+    roots = _convert(sample_root, tmp_path / "roots", every=16)
+    digests = {}
+    for name, root in roots.items():
+        build(root, tmp_path / name, OPTIONS)
+        digests[name] = _digests(tmp_path / name)
+    assert digests["official"] == digests["torchvision"]
+    assert digests["kaggle"] == digests["torchvision-no-identity"] != digests["torchvision"]
+    assert sum(verify(tmp_path / "official", roots["official"], workers=2).values()) == len(
+        (roots["torchvision"] / "list_eval_partition.txt").read_text().splitlines())
