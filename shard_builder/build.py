@@ -3,14 +3,15 @@
 Work is parallel over shards: each worker preprocesses its images and streams them straight into its own
 `.tar.partial`, renamed into place only when complete, so memory stays at one image per worker and an
 interrupted build never leaves a shard that looks finished. `dataset.json` is written last and is the
-marker of a complete build. Output bytes depend only on the input and the flags (fixed tar metadata,
-seeded order), never on the number of workers.
+marker of a complete build; a build that cannot write (a full disk) removes what it wrote. Output bytes
+depend only on the input and the flags (fixed tar metadata, seeded order), never on the number of workers.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -235,9 +236,38 @@ class BuildSummary:
 
 
 def build(root: Path, out: Path, options: BuildOptions, progress=None) -> BuildSummary:
-    """Build all three splits. `progress(done, total)` is called as images complete."""
+    """Build all three splits. `progress(done, total)` is called as images complete.
+
+    An OSError (a full disk, a read-only folder) leaves `out` as it was found, so the same command can be re-run.
+    """
     out = Path(out)
     _check_output_dir(out)
+    new = _outermost_missing(out)
+    try:
+        return _build(root, out, options, progress)
+    except OSError as err:
+        if new is not None:
+            shutil.rmtree(new, ignore_errors=True)
+        else:  # `out` was empty: everything in it is this build's
+            for child in out.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        raise BuildError(f"{out}: build failed ({err}); removed what it had written") from None
+
+
+def _outermost_missing(out: Path) -> Path | None:
+    """The outermost of `out` and its parents that does not exist yet (None if `out` exists)."""
+    missing = None
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _build(root: Path, out: Path, options: BuildOptions, progress) -> BuildSummary:
     annotations = read_annotations(find_layout(root))
     started = time.perf_counter()
     plans: dict[str, list[tuple[ShardTask, np.ndarray]]] = {}  # split -> (task, source indices) per shard
