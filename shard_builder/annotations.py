@@ -74,8 +74,8 @@ def _parse_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     for i, (number, line) in enumerate(rows):
         fields = _fields(line, csv)
         if len(fields) != NUM_ATTRIBUTES + 1:
-            raise AnnotationError(
-                f"{path}:{number}: expected a file name and {NUM_ATTRIBUTES} values, found {len(fields)} fields")
+            raise AnnotationError(f"{path}:{number}: expected a file name and {NUM_ATTRIBUTES} values, "
+                                  f"found {len(fields) - 1} values")
         for value in fields[1:]:
             if value not in ("1", "-1"):
                 raise AnnotationError(f"{path}:{number}: attribute value {value!r} is not 1 or -1")

@@ -216,7 +216,8 @@ def test_malformed_attribute_line_names_file_and_line(celeba_copy, tmp_path, cap
     _expect_cli_error(celeba_copy, tmp_path / "a", capsys, "list_attr_celeba.txt:5:", "is not 1 or -1")
     lines[4] = lines[4].rsplit(b" ", 1)[0]
     path.write_bytes(b"\r\n".join(lines))
-    _expect_cli_error(celeba_copy, tmp_path / "b", capsys, "list_attr_celeba.txt:5:", "found 40 fields")
+    _expect_cli_error(celeba_copy, tmp_path / "b", capsys, "list_attr_celeba.txt:5:",
+                      "expected a file name and 40 values, found 39 values")
 
 
 def test_inconsistent_annotations(celeba_copy, tmp_path, capsys):
