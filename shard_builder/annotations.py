@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from shard_builder.format import NUM_ATTRIBUTES, PARTITION_CODES, UNKNOWN_IDENTITY
-
-if TYPE_CHECKING:
-    from shard_builder.layouts import Layout
 
 
 class AnnotationError(ValueError):
@@ -24,11 +20,10 @@ class AnnotationError(ValueError):
 
 @dataclass
 class CelebaAnnotations:
-    layout: Layout
     attribute_names: list[str]
     files: list[str]  # image file names, in the attribute file's order
     attributes: np.ndarray  # [N, 40] uint8 in {0, 1}
-    identities: np.ndarray  # [N] int64; UNKNOWN_IDENTITY throughout when the layout has no identity file
+    identities: np.ndarray  # [N] int64; UNKNOWN_IDENTITY throughout when there is no identity file
     splits: list[str]  # "train" | "valid" | "test"
 
     def indices(self, split: str) -> np.ndarray:
@@ -106,39 +101,39 @@ def _parse_pairs(path: Path, what: str) -> dict[str, tuple[int, int]]:
     return pairs
 
 
-def read_annotations(layout: Layout) -> CelebaAnnotations:
-    """Parse and cross-check the annotation files; the attribute file defines the image list."""
-    names, files, attributes = _parse_attributes(layout.attributes)
-    tables = {layout.partitions: _parse_pairs(layout.partitions, "partition")}
-    if layout.identities is not None:
-        tables[layout.identities] = _parse_pairs(layout.identities, "identity")
+def read_annotations(attribute_file: Path, partition_file: Path, identity_file: Path | None) -> CelebaAnnotations:
+    """Parse and cross-check the annotation files (a layout's, see `layouts`); the attribute file defines the
+    image list. Without an identity file every identity is UNKNOWN_IDENTITY."""
+    names, files, attributes = _parse_attributes(attribute_file)
+    tables = {partition_file: _parse_pairs(partition_file, "partition")}
+    if identity_file is not None:
+        tables[identity_file] = _parse_pairs(identity_file, "identity")
     for path, table in tables.items():
         missing = [name for name in files if name not in table]
         if missing:
             raise AnnotationError(
-                f"{path}: {len(missing)} image(s) of {layout.attributes.name} are not listed, e.g. {missing[0]}")
+                f"{path}: {len(missing)} image(s) of {attribute_file.name} are not listed, e.g. {missing[0]}")
         listed = set(files)
         extra = [(name, line) for name, (_, line) in table.items() if name not in listed]
         if extra:
             name, line = min(extra, key=lambda item: item[1])
-            raise AnnotationError(f"{path}:{line}: {name} is not in {layout.attributes.name} "
+            raise AnnotationError(f"{path}:{line}: {name} is not in {attribute_file.name} "
                                   f"({len(extra)} such line(s))")
     splits = []
     for name in files:
-        code, line = tables[layout.partitions][name]
+        code, line = tables[partition_file][name]
         if code not in PARTITION_CODES:
-            raise AnnotationError(f"{layout.partitions}:{line}: unknown partition code {code} for {name}"
+            raise AnnotationError(f"{partition_file}:{line}: unknown partition code {code} for {name}"
                                   f" (expected 0 train, 1 valid, 2 test)")
         splits.append(PARTITION_CODES[code])
     identities = np.full(len(files), UNKNOWN_IDENTITY, dtype=np.int64)
-    if layout.identities is not None:
+    if identity_file is not None:
         for i, name in enumerate(files):
-            identity, line = tables[layout.identities][name]
+            identity, line = tables[identity_file][name]
             if identity < 0:
-                raise AnnotationError(f"{layout.identities}:{line}: negative identity {identity} for {name}")
+                raise AnnotationError(f"{identity_file}:{line}: negative identity {identity} for {name}")
             identities[i] = identity
     return CelebaAnnotations(
-        layout=layout,
         attribute_names=names,
         files=files,
         attributes=attributes,

@@ -31,9 +31,9 @@ from rich.console import Console
 from rich.table import Table
 
 from shard_builder import format as fmt
-from shard_builder.annotations import CelebaAnnotations, read_annotations
+from shard_builder.annotations import read_annotations
 from shard_builder.build import BuildOptions, build, preprocess
-from shard_builder.layouts import LAYOUTS, ImageSource, find_layout, write_image_zip
+from shard_builder.layouts import LAYOUTS, ImageSource, Layout, find_layout, write_image_zip
 
 
 def _members(shard: Path) -> list[bytes]:
@@ -78,9 +78,8 @@ def _dali_rate(split_dir: Path, encoding: str, count: int) -> float | None:
     return batches * 256 / (time.perf_counter() - started)
 
 
-def _folder_and_zip_roots(annotations: CelebaAnnotations, tmp: Path) -> dict[str, Path]:
-    """The annotated images in a folder and in a zip, each beside a copy of the annotation files."""
-    layout = annotations.layout
+def _folder_and_zip_roots(layout: Layout, names: list[str], tmp: Path) -> dict[str, Path]:
+    """The images `names` of `layout` in a folder and in a zip, each beside a copy of the annotation files."""
     spec = LAYOUTS[layout.name]
     roots = {"folder": tmp / "folder", "zip": tmp / "zip"}
     for root in roots.values():
@@ -90,7 +89,7 @@ def _folder_and_zip_roots(annotations: CelebaAnnotations, tmp: Path) -> dict[str
                 shutil.copyfile(path, root / path.relative_to(layout.root))
     folder = roots["folder"] / spec.image_folder
     folder.mkdir(parents=True)
-    for name in annotations.files:
+    for name in names:
         (folder / name).write_bytes(layout.images.read(name))
     write_image_zip(folder, roots["zip"] / spec.image_zip)
     return roots
@@ -122,11 +121,11 @@ def _shard_digest(out: Path) -> str:
 SOURCE_RATES = ("read_warm_1core", "read_from_disk_1core", "build_warm", "build_from_disk")  # img/s
 
 
-def compare_sources(annotations: CelebaAnnotations, tmp: Path, repeats: int) -> dict:
-    """Reading the same images from a folder and from a zip: 1-core read rates and build rates, each from the page
-    cache (warm) and from the disk; best of `repeats`, the two sources alternating."""
-    roots = _folder_and_zip_roots(annotations, tmp)
-    order = [annotations.files[i] for i in np.random.default_rng(0).permutation(len(annotations.files))]
+def compare_sources(layout: Layout, names: list[str], tmp: Path, repeats: int) -> dict:
+    """Reading the images `names` of `layout` from a folder and from a zip: 1-core read rates and build rates, each
+    from the page cache (warm) and from the disk; best of `repeats`, the two sources alternating."""
+    roots = _folder_and_zip_roots(layout, names, tmp)
+    order = [names[i] for i in np.random.default_rng(0).permutation(len(names))]
     sources = {kind: find_layout(root).images for kind, root in roots.items()}
     files = {kind: [images.path] if images.is_zip else [images.path / name for name in order]
              for kind, images in sources.items()}
@@ -175,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-repeats", type=int, default=3, help="folder-vs-zip runs (best is reported)")
     args = parser.parse_args(argv)
     console = Console()
-    annotations = read_annotations(find_layout(args.root))
+    layout = find_layout(args.root)
+    annotations = read_annotations(layout.attributes, layout.partitions, layout.identities)
     names = annotations.files[: args.preprocess_images]
     crop = fmt.CROPS["center"]
-    preprocess_rate = _rate(len(names), lambda: [preprocess(annotations.layout.images, n, crop) for n in names])
+    preprocess_rate = _rate(len(names), lambda: [preprocess(layout.images, n, crop) for n in names])
     results = {"machine": platform.node(), "pil": f"{PIL.__name__} {PIL.__version__}",
                "preprocess_img_per_s_1core": preprocess_rate, "encodings": {}}
     exact = None
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     console.print(f"preprocess (decode 178x218 JPEG + crop + box resize), 1 core: {preprocess_rate:,.0f} img/s")
     with tempfile.TemporaryDirectory() as tmp:
-        sources = results["image_sources"] = compare_sources(annotations, Path(tmp), args.source_repeats)
+        sources = results["image_sources"] = compare_sources(layout, annotations.files, Path(tmp), args.source_repeats)
     _print_sources(console, sources)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

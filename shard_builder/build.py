@@ -268,17 +268,18 @@ def _outermost_missing(out: Path) -> Path | None:
 
 
 def _build(root: Path, out: Path, options: BuildOptions, progress) -> BuildSummary:
-    annotations = read_annotations(find_layout(root))
+    layout = find_layout(root)
+    annotations = read_annotations(layout.attributes, layout.partitions, layout.identities)
     started = time.perf_counter()
     plans: dict[str, list[tuple[ShardTask, np.ndarray]]] = {}  # split -> (task, source indices) per shard
     for split in fmt.SPLITS:
         order = _split_order(annotations, split, options.seed)
         if len(order) == 0:
-            raise BuildError(f"{annotations.layout.partitions}: split {split!r} has no images")
+            raise BuildError(f"{layout.partitions}: split {split!r} has no images")
         plans[split] = []
         for i, positions in enumerate(plan_shards(len(order), options.samples_per_shard)):
             source = order[positions]
-            task = ShardTask(annotations.layout.images, out / split / fmt.shard_name(split, i),
+            task = ShardTask(layout.images, out / split / fmt.shard_name(split, i),
                              [annotations.files[j] for j in source], annotations.attributes[source],
                              annotations.identities[source], options)
             plans[split].append((task, source))
@@ -323,7 +324,7 @@ def _build(root: Path, out: Path, options: BuildOptions, progress) -> BuildSumma
         "counts": counts,
         "shards": shards,
         "skipped": bad,
-        "source": annotations.layout.describe(),
+        "source": layout.describe(),
     }
     _atomic_write(out / DATASET_JSON, (json.dumps(dataset, indent=2) + "\n").encode())
     return BuildSummary(out, dataset, time.perf_counter() - started, sizes)
