@@ -201,6 +201,17 @@ def test_damaged_zip_member_is_named_and_skippable(zipped_root, tmp_path, capsys
     assert sum(verify(tmp_path / "b").values()) == NUM_IMAGES - 1
 
 
+def test_a_zip_of_stored_members_gives_the_same_shards(zipped_root, reference, tmp_path):
+    root = tmp_path / "celeba"
+    shutil.copytree(zipped_root, root)
+    archive = root / "img_align_celeba.zip"
+    with zipfile.ZipFile(zipped_root / archive.name) as deflated, zipfile.ZipFile(archive, "w") as stored:
+        for info in deflated.infolist():
+            stored.writestr(info, deflated.read(info), zipfile.ZIP_STORED)
+    build(root, tmp_path / "out", OPTIONS)
+    assert _digests(tmp_path / "out") == _digests(reference["known"])
+
+
 def test_truncated_zip_is_named(zipped_root, tmp_path, capsys):
     root = tmp_path / "celeba"
     shutil.copytree(zipped_root, root)
