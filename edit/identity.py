@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from common.plots import save_grid
 from edit.common import (GRID_SCALE, EditContext, EditError, EditSettings, blank, choose_rows,
                          low_frequency_correlation, parse_ints, principal_axes, to_images)
+from shard_builder.format import UNKNOWN_IDENTITY
 
 ANCHOR_SPLITS = ("test", "train")  # where anchors are looked for, in this order
 ANCHOR_COUNT = 3
@@ -211,6 +212,9 @@ def draw(out: Path, settings: IdentitySettings, report: dict, subjects: Subjects
 def run(ctx: EditContext, settings: IdentitySettings, out: Path, log: Callable[[str], None] = print) -> dict:
     """Learn the within-identity subspace, transfer the subjects to each anchor, measure, draw the grids."""
     strengths = parse_strengths(settings.strengths)
+    if (ctx.split("train").identities == UNKNOWN_IDENTITY).any():
+        raise EditError(f"identity: {ctx.shards} was built without identity_CelebA.txt, so identities are unknown; "
+                        f"put CelebA's identity_CelebA.txt beside the annotation files and rebuild with build-shards")
     basis, subspace = within_identity_basis(ctx.latents("train", log), ctx.split("train").identities,
                                             settings.min_identity_images, settings.pose_variance, settings.pose_dims)
     log(f"within-identity subspace: {subspace['dims']} of {subspace['of']} dims "

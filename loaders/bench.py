@@ -31,8 +31,9 @@ from rich.table import Table
 from common.device import default_device
 from common.errors import UserError, report_user_error
 from loaders import default_workers, make_loader
-from shard_builder.annotations import IMAGE_DIR, resolve_root
+from shard_builder.annotations import AnnotationError
 from shard_builder.build import BuildOptions, build
+from shard_builder.layouts import find_layout
 from shard_builder.read import load_dataset_json
 
 
@@ -48,8 +49,11 @@ def seeds_loader(root: Path, folder: Path, batch_size: int, device: torch.device
     """The seeds' pipeline; ImageFolder needs a class folder, so `folder` gets one linking to the images."""
     from torchvision import datasets, transforms
 
+    images = find_layout(root).images
+    if images.is_zip:
+        raise AnnotationError(f"{images.path}: the seeds' ImageFolder reads a folder of JPEGs; extract this zip")
     folder.mkdir()
-    (folder / IMAGE_DIR).symlink_to(resolve_root(root).resolve() / IMAGE_DIR)
+    (folder / "img_align_celeba").symlink_to(images.path.resolve())
     transform = transforms.Compose([transforms.Resize(64), transforms.CenterCrop(64), transforms.ToTensor(),
                                     transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
     dataset = datasets.ImageFolder(str(folder), transform)

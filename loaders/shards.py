@@ -139,7 +139,7 @@ def _read_run(split: Split, stream, shard: Path, rows: np.ndarray) -> Iterator[t
 
 def check_labels(split: Split, rows: np.ndarray, labels: np.ndarray) -> None:
     """`labels` [B, 44] uint8: the label blocks sliced out of the members of manifest `rows`."""
-    identities = np.ascontiguousarray(labels[:, fmt.NUM_ATTRIBUTES:]).view("<u4")[:, 0]
+    identities = np.ascontiguousarray(labels[:, fmt.NUM_ATTRIBUTES:]).view("<i4")[:, 0]
     good = (labels[:, :fmt.NUM_ATTRIBUTES] == split.attributes[rows]).all(axis=1)
     good &= identities == split.identities[rows]
     if not good.all():

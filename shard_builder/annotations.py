@@ -1,7 +1,8 @@
-"""Read CelebA's annotation files (torchvision layout) into one table, validating every line.
+"""Read CelebA's annotation files (any layout of `layouts`) into one table, validating every line.
 
 Every problem is reported as `file:line: what is wrong`, because a user with 202,599 lines needs to know
-exactly where to look.
+exactly where to look. The `.txt` files are CelebA's own (space-separated, a count line before the header of
+the attribute file); the `.csv` files are the Kaggle copy's (comma-separated, an `image_id,...` header line).
 """
 from __future__ import annotations
 
@@ -11,12 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError
-from shard_builder.format import NUM_ATTRIBUTES, PARTITION_CODES
-
-IMAGE_DIR = "img_align_celeba"
-ATTR_FILE = "list_attr_celeba.txt"
-IDENTITY_FILE = "identity_CelebA.txt"
-PARTITION_FILE = "list_eval_partition.txt"
+from shard_builder.format import NUM_ATTRIBUTES, PARTITION_CODES, UNKNOWN_IDENTITY
 
 
 class AnnotationError(UserError):
@@ -25,24 +21,14 @@ class AnnotationError(UserError):
 
 @dataclass
 class CelebaAnnotations:
-    root: Path
     attribute_names: list[str]
     files: list[str]  # image file names, in the attribute file's order
     attributes: np.ndarray  # [N, 40] uint8 in {0, 1}
-    identities: np.ndarray  # [N] int64
+    identities: np.ndarray  # [N] int64; UNKNOWN_IDENTITY throughout when there is no identity file
     splits: list[str]  # "train" | "valid" | "test"
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.splits) == split)
-
-
-def resolve_root(root: Path) -> Path:
-    """Accept the folder holding `img_align_celeba/` or its parent holding `celeba/` (torchvision's root)."""
-    root = Path(root)
-    for candidate in (root, root / "celeba"):
-        if (candidate / IMAGE_DIR).is_dir():
-            return candidate
-    raise AnnotationError(f"{root}: no {IMAGE_DIR}/ folder here or in {root / 'celeba'}")
 
 
 def _lines(path: Path) -> list[str]:
@@ -55,27 +41,37 @@ def _lines(path: Path) -> list[str]:
     return text.splitlines()  # handles CRLF and LF alike
 
 
+def _fields(line: str, csv: bool) -> list[str]:
+    return [field.strip() for field in line.split(",")] if csv else line.split()
+
+
 def _parse_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """CelebA's `count / header / file ±1 x40` text file, or Kaggle's `image_id,<40 names>` CSV."""
     lines = _lines(path)
-    if len(lines) < 2:
-        raise AnnotationError(f"{path}: expected a count line and a header line, found {len(lines)} lines")
-    try:
-        count = int(lines[0].strip())
-    except ValueError:
-        raise AnnotationError(f"{path}:1: expected the number of images, found {lines[0][:40]!r}") from None
-    names = lines[1].split()
+    csv = path.suffix == ".csv"
+    header_lines = 1 if csv else 2
+    if len(lines) < header_lines:
+        raise AnnotationError(f"{path}: expected {'a header line' if csv else 'a count line and a header line'}, "
+                              f"found {len(lines)} lines")
+    if not csv:
+        try:
+            count = int(lines[0].strip())
+        except ValueError:
+            raise AnnotationError(f"{path}:1: expected the number of images, found {lines[0][:40]!r}") from None
+    names = _fields(lines[header_lines - 1], csv)[1 if csv else 0:]  # the CSV header starts with image_id
     if len(names) != NUM_ATTRIBUTES:
-        raise AnnotationError(f"{path}:2: expected {NUM_ATTRIBUTES} attribute names, found {len(names)}")
-    rows = [(number, line) for number, line in enumerate(lines[2:], start=3) if line.strip()]
-    if len(rows) != count:
+        raise AnnotationError(f"{path}:{header_lines}: expected {NUM_ATTRIBUTES} attribute names, found {len(names)}")
+    rows = [(number, line) for number, line in enumerate(lines[header_lines:], start=header_lines + 1)
+            if line.strip()]
+    if not csv and len(rows) != count:
         raise AnnotationError(f"{path}:1: count line says {count} images but the file lists {len(rows)}")
     files: list[str] = []
-    values = np.empty((count, NUM_ATTRIBUTES), dtype=np.uint8)
+    values = np.empty((len(rows), NUM_ATTRIBUTES), dtype=np.uint8)
     for i, (number, line) in enumerate(rows):
-        fields = line.split()
+        fields = _fields(line, csv)
         if len(fields) != NUM_ATTRIBUTES + 1:
-            raise AnnotationError(
-                f"{path}:{number}: expected a file name and {NUM_ATTRIBUTES} values, found {len(fields)} fields")
+            raise AnnotationError(f"{path}:{number}: expected a file name and {NUM_ATTRIBUTES} values, "
+                                  f"found {len(fields) - 1} values")
         for value in fields[1:]:
             if value not in ("1", "-1"):
                 raise AnnotationError(f"{path}:{number}: attribute value {value!r} is not 1 or -1")
@@ -85,14 +81,16 @@ def _parse_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def _parse_pairs(path: Path, what: str) -> dict[str, tuple[int, int]]:
-    """`file value` lines -> {file: (value, line number)}."""
+    """`file value` lines (or a CSV's `file,value` lines after its header) -> {file: (value, line number)}."""
+    csv = path.suffix == ".csv"
     pairs: dict[str, tuple[int, int]] = {}
-    for number, line in enumerate(_lines(path), start=1):
-        fields = line.split()
+    for number, line in enumerate(_lines(path)[csv:], start=1 + csv):
+        fields = _fields(line, csv) if line.strip() else []
         if not fields:
             continue
         if len(fields) != 2:
-            raise AnnotationError(f"{path}:{number}: expected `file {what}`, found {len(fields)} fields")
+            raise AnnotationError(f"{path}:{number}: expected `file{',' if csv else ' '}{what}`, "
+                                  f"found {len(fields)} fields")
         name, value = fields
         try:
             parsed = int(value)
@@ -104,38 +102,42 @@ def _parse_pairs(path: Path, what: str) -> dict[str, tuple[int, int]]:
     return pairs
 
 
-def read_annotations(root: Path) -> CelebaAnnotations:
-    """Parse and cross-check the three annotation files; the attribute file defines the image list."""
-    root = resolve_root(root)
-    names, files, attributes = _parse_attributes(root / ATTR_FILE)
-    identities = _parse_pairs(root / IDENTITY_FILE, "identity")
-    partitions = _parse_pairs(root / PARTITION_FILE, "partition")
-    for path, table in ((root / IDENTITY_FILE, identities), (root / PARTITION_FILE, partitions)):
+def read_annotations(attribute_file: Path, partition_file: Path, identity_file: Path | None) -> CelebaAnnotations:
+    """Parse and cross-check the annotation files (a layout's, see `layouts`); the attribute file defines the
+    image list. Without an identity file every identity is UNKNOWN_IDENTITY."""
+    names, files, attributes = _parse_attributes(attribute_file)
+    tables = {partition_file: _parse_pairs(partition_file, "partition")}
+    if identity_file is not None:
+        tables[identity_file] = _parse_pairs(identity_file, "identity")
+    for path, table in tables.items():
         missing = [name for name in files if name not in table]
         if missing:
             raise AnnotationError(
-                f"{path}: {len(missing)} image(s) of {ATTR_FILE} are not listed, e.g. {missing[0]}")
+                f"{path}: {len(missing)} image(s) of {attribute_file.name} are not listed, e.g. {missing[0]}")
         listed = set(files)
         extra = [(name, line) for name, (_, line) in table.items() if name not in listed]
         if extra:
             name, line = min(extra, key=lambda item: item[1])
-            raise AnnotationError(f"{path}:{line}: {name} is not in {ATTR_FILE} ({len(extra)} such line(s))")
+            raise AnnotationError(f"{path}:{line}: {name} is not in {attribute_file.name} "
+                                  f"({len(extra)} such line(s))")
     splits = []
     for name in files:
-        code, line = partitions[name]
+        code, line = tables[partition_file][name]
         if code not in PARTITION_CODES:
-            raise AnnotationError(f"{root / PARTITION_FILE}:{line}: unknown partition code {code} for {name}"
+            raise AnnotationError(f"{partition_file}:{line}: unknown partition code {code} for {name}"
                                   f" (expected 0 train, 1 valid, 2 test)")
         splits.append(PARTITION_CODES[code])
-    for name in files:
-        identity, line = identities[name]
-        if identity < 0:
-            raise AnnotationError(f"{root / IDENTITY_FILE}:{line}: negative identity {identity} for {name}")
+    identities = np.full(len(files), UNKNOWN_IDENTITY, dtype=np.int64)
+    if identity_file is not None:
+        for i, name in enumerate(files):
+            identity, line = tables[identity_file][name]
+            if identity < 0:
+                raise AnnotationError(f"{identity_file}:{line}: negative identity {identity} for {name}")
+            identities[i] = identity
     return CelebaAnnotations(
-        root=root,
         attribute_names=names,
         files=files,
         attributes=attributes,
-        identities=np.array([identities[name][0] for name in files], dtype=np.int64),
+        identities=identities,
         splits=splits,
     )

@@ -1,16 +1,17 @@
-"""CelebA (torchvision layout) -> 64x64 uint8 WebDataset shards, a DALI index per shard, a Parquet manifest.
+"""CelebA (any layout of `layouts`) -> 64x64 uint8 WebDataset shards, a DALI index per shard, a Parquet manifest.
 
 Work is parallel over shards: each worker preprocesses its images and streams them straight into its own
 `.tar.partial`, renamed into place only when complete, so memory stays at one image per worker and an
 interrupted build never leaves a shard that looks finished. `dataset.json` is written last and is the
-marker of a complete build. Output bytes depend only on the input and the flags (fixed tar metadata,
-seeded order), never on the number of workers.
+marker of a complete build; a build that cannot write (a full disk) removes what it wrote. Output bytes
+depend only on the input and the flags (fixed tar metadata, seeded order), never on the number of workers.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from shard_builder import format as fmt
-from shard_builder.annotations import IMAGE_DIR, CelebaAnnotations, read_annotations
+from shard_builder.annotations import CelebaAnnotations, read_annotations
+from shard_builder.layouts import ImageSource, UnreadableImage, find_layout
 from shard_builder.parallel import run_parallel, tick
 from shard_builder.read import DATASET_JSON, MANIFEST, BuildError, index_text, member_tar_info
 
@@ -55,12 +57,17 @@ class BuildOptions:
             raise BuildError(f"samples per shard must be >= 1, got {self.samples_per_shard}")
 
 
-def preprocess(path: Path, crop: fmt.Crop) -> np.ndarray:
+def preprocess(images: ImageSource, name: str, crop: fmt.Crop) -> np.ndarray:
     """Aligned CelebA JPEG -> 64x64x3 uint8: crop, then area (box) resize, which antialiases the 2.8x shrink."""
-    if not path.is_file():
-        raise BadImageError(f"{path}: image listed in the annotations is missing")
+    path = images.location(name)  # a file, or a zip and its member
     try:
-        with Image.open(path) as image:
+        data = images.read(name)
+    except FileNotFoundError:
+        raise BadImageError(f"{path}: image listed in the annotations is missing") from None
+    except UnreadableImage as err:
+        raise BadImageError(f"{path}: {err}") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
     except (OSError, SyntaxError, ValueError) as err:
         raise BadImageError(f"{path}: cannot decode image ({err})") from None
@@ -86,7 +93,7 @@ def encode_member(pixels: np.ndarray, labels: bytes, options: BuildOptions) -> b
 
 @dataclass
 class ShardTask:
-    root: Path
+    images: ImageSource
     path: Path
     files: list[str]
     attributes: np.ndarray
@@ -123,7 +130,7 @@ def _write_members(task: ShardTask, partial: Path) -> ShardResult:
     with open(partial, "wb") as stream, tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for i, name in enumerate(task.files):
             try:
-                pixels = preprocess(task.root / IMAGE_DIR / name, crop)
+                pixels = preprocess(task.images, name, crop)
             except BadImageError as err:
                 if not task.options.skip_bad:
                     raise
@@ -209,20 +216,50 @@ class BuildSummary:
 
 
 def build(root: Path, out: Path, options: BuildOptions, progress=None) -> BuildSummary:
-    """Build all three splits. `progress(done, total)` is called as images complete."""
+    """Build all three splits. `progress(done, total)` is called as images complete.
+
+    An OSError (a full disk, a read-only folder) leaves `out` as it was found, so the same command can be re-run.
+    """
     out = Path(out)
     _check_output_dir(out)
-    annotations = read_annotations(root)
+    new = _outermost_missing(out)
+    try:
+        return _build(root, out, options, progress)
+    except OSError as err:
+        if new is not None:
+            shutil.rmtree(new, ignore_errors=True)
+        else:  # `out` was empty: everything in it is this build's
+            for child in out.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        raise BuildError(f"{out}: build failed ({err}); removed what it had written") from None
+
+
+def _outermost_missing(out: Path) -> Path | None:
+    """The outermost of `out` and its parents that does not exist yet (None if `out` exists)."""
+    missing = None
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _build(root: Path, out: Path, options: BuildOptions, progress) -> BuildSummary:
+    layout = find_layout(root)
+    annotations = read_annotations(layout.attributes, layout.partitions, layout.identities)
     started = time.perf_counter()
     plans: dict[str, list[tuple[ShardTask, np.ndarray]]] = {}  # split -> (task, source indices) per shard
     for split in fmt.SPLITS:
         order = _split_order(annotations, split, options.seed)
         if len(order) == 0:
-            raise BuildError(f"{annotations.root}: split {split!r} has no images in the partition file")
+            raise BuildError(f"{layout.partitions}: split {split!r} has no images")
         plans[split] = []
         for i, positions in enumerate(plan_shards(len(order), options.samples_per_shard)):
             source = order[positions]
-            task = ShardTask(annotations.root, out / split / fmt.shard_name(split, i),
+            task = ShardTask(layout.images, out / split / fmt.shard_name(split, i),
                              [annotations.files[j] for j in source], annotations.attributes[source],
                              annotations.identities[source], options)
             plans[split].append((task, source))
@@ -267,6 +304,7 @@ def build(root: Path, out: Path, options: BuildOptions, progress=None) -> BuildS
         "counts": counts,
         "shards": shards,
         "skipped": bad,
+        "source": layout.describe(),
     }
     _atomic_write(out / DATASET_JSON, (json.dumps(dataset, indent=2) + "\n").encode())
     return BuildSummary(out, dataset, time.perf_counter() - started, sizes)

@@ -6,7 +6,10 @@ cost >= 1 KiB each, so image, attributes and identity share one), named `<key>.<
 CelebA file stem. Every member carries a fixed 44-byte label block at a fixed offset, so a reader (a DALI
 pipeline included) can slice the labels out of the raw member bytes without parsing anything:
 
-    label block = 40 attribute bytes (0 or 1, CelebA's attribute order) + identity (uint32, little-endian)
+    label block = 40 attribute bytes (0 or 1, CelebA's attribute order) + identity (int32, little-endian)
+
+The identity is CelebA's identity number (1..10,177), or UNKNOWN_IDENTITY (-1, bytes ff ff ff ff; also -1 in
+the manifest) for every image of a build made without an identity file (the Kaggle copy has none).
 
 - `raw`: label block at offset 0, then the 64x64x3 HWC uint8 pixels (12,288 bytes).
 - `jpg`: a valid baseline JPEG; the label block is the payload of a COM segment placed right after the
@@ -30,6 +33,7 @@ RAW_MEMBER_BYTES = LABEL_BYTES + RAW_PIXEL_BYTES
 ENCODINGS = ("raw", "jpg")
 SPLITS = ("train", "valid", "test")
 PARTITION_CODES = {0: "train", 1: "valid", 2: "test"}
+UNKNOWN_IDENTITY = -1  # the identity of every image when the CelebA copy has no identity_CelebA.txt
 
 LABEL_OFFSET = {"raw": 0, "jpg": 24}
 # JPEG layout we write: SOI (2) + JFIF APP0 (2 marker + 16 length) + COM marker (2) + length (2).
@@ -46,14 +50,14 @@ def pack_labels(attributes: np.ndarray, identity: int) -> bytes:
     attrs = np.asarray(attributes, dtype=np.uint8)
     if attrs.shape != (NUM_ATTRIBUTES,) or attrs.max(initial=0) > 1:
         raise ValueError(f"expected {NUM_ATTRIBUTES} attributes in {{0,1}}, got {attrs!r}")
-    return attrs.tobytes() + struct.pack("<I", identity)
+    return attrs.tobytes() + struct.pack("<i", identity)
 
 
 def unpack_labels(block: bytes | np.ndarray) -> tuple[np.ndarray, int]:
     raw = bytes(block)
     if len(raw) != LABEL_BYTES:
         raise ValueError(f"label block must be {LABEL_BYTES} bytes, got {len(raw)}")
-    return np.frombuffer(raw[:NUM_ATTRIBUTES], dtype=np.uint8).copy(), struct.unpack("<I", raw[NUM_ATTRIBUTES:])[0]
+    return np.frombuffer(raw[:NUM_ATTRIBUTES], dtype=np.uint8).copy(), struct.unpack("<i", raw[NUM_ATTRIBUTES:])[0]
 
 
 def labels_from_member(data: bytes, encoding: str) -> tuple[np.ndarray, int]:

@@ -1,9 +1,14 @@
-"""A synthetic CelebA in torchvision's exact layout, so every command runs on a machine without the real data.
+"""A synthetic CelebA in any of its real layouts, so every command runs on a machine without the real data.
 
-    python -m shard_builder.synthetic --out data/synthetic-celeba [--num-images 6000] [--seed 0]
+    python -m shard_builder.synthetic --out data/synthetic-celeba [--num-images 6000] [--seed 0] \
+        [--layout torchvision|official|kaggle] [--zip]
 
 Writes `img_align_celeba/NNNNNN.jpg` (178x218 RGB, Pillow's quality-75 4:2:0 JPEG like CelebA's files) and the
-three CRLF annotation files, formatted byte-for-byte like the real ones. Faces are drawn procedurally and the
+three CRLF annotation files, formatted byte-for-byte like the real ones, in torchvision's layout; or the same
+files in the official Drive folder's layout (`Img/`, `Anno/`, `Eval/`); or the Kaggle copy's (images one folder
+deeper, the attribute and partition files as CSV, no identity file). `--zip` stores the images as
+`img_align_celeba.zip` (deflated members `img_align_celeba/NNNNNN.jpg`, like CelebA's own zip) instead of a
+folder. The images and labels are the same in every layout for the same seed. Faces are drawn procedurally and the
 labels are true to the picture for the attributes a model can see at 64x64 (Eyeglasses, Smiling,
 Mouth_Slightly_Open, hair colour, Bangs, Bald, Pale_Skin, Wearing_Hat, Male/No_Beard/Goatee/Mustache, ...);
 the rest get CelebA-like base rates. All features stay inside the central 178x178 square (rows 20..198) that
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +39,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from rich.console import Console
 from rich.table import Table
 
-from shard_builder.annotations import ATTR_FILE, IDENTITY_FILE, IMAGE_DIR, PARTITION_FILE
+from shard_builder.layouts import LAYOUTS, LayoutSpec, write_image_zip
 from shard_builder.format import PARTITION_CODES
 from shard_builder.parallel import run_parallel, tick
 
@@ -48,6 +54,7 @@ WIDTH, HEIGHT = 178, 218
 HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "other")
 SPLIT_CODES = {split: code for code, split in PARTITION_CODES.items()}  # train 0, valid 1, test 2
 CHUNK = 100  # images per rendering task; fixed so the output does not depend on the number of workers
+WITHOUT_IDENTITIES = ("kaggle",)  # the Kaggle archive ships no identity file
 _PAD = 32  # the face is drawn on a padded canvas so rotating/shifting it never exposes an empty corner
 _CX, _CY = WIDTH // 2 + _PAD, 116 + _PAD  # face centre on the canvas (eyes ~ row 108, mouth ~ row 144)
 
@@ -396,36 +403,51 @@ def _render_chunk(chunk: _Chunk) -> int:
     return len(chunk.faces)
 
 
-def _write_crlf(path: Path, lines: list[str]) -> None:
-    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("ascii"))
+def _write_lines(path: Path, lines: list[str], end: str = "\r\n") -> None:
+    path.write_bytes((end.join(lines) + end).encode("ascii"))
 
 
-def _write_annotations(out: Path, faces: list[Face]) -> None:
+def _write_annotations(out: Path, faces: list[Face], spec: LayoutSpec) -> None:
     names = [f"{face.number:06d}.jpg" for face in faces]
-    rows = []
-    for name, face in zip(names, faces):
-        values = [1 if v else -1 for v in face.attrs]
+    values = [[1 if v else -1 for v in face.attrs] for face in faces]
+    partitions = [SPLIT_CODES[face.split] for face in faces]
+    for path in (spec.attributes, spec.partitions, spec.identities):
+        (out / path).parent.mkdir(parents=True, exist_ok=True)
+    if spec.attributes.endswith(".csv"):  # Kaggle's CSVs: an image_id header line, LF line ends
+        rows = [",".join([name, *map(str, row)]) for name, row in zip(names, values)]
+        _write_lines(out / spec.attributes, [",".join(["image_id", *ATTRIBUTE_NAMES])] + rows, "\n")
+        _write_lines(out / spec.partitions, ["image_id,partition"] + [f"{name},{code}" for name, code in
+                                                                       zip(names, partitions)], "\n")
+    else:
         # CelebA's spacing: one space after the name, then every further value right-aligned in 2 columns.
-        rows.append(f"{name} {values[0]}" + "".join(f" {v:2d}" for v in values[1:]))
-    _write_crlf(out / ATTR_FILE, [str(len(faces)), " ".join(ATTRIBUTE_NAMES) + " "] + rows)
-    _write_crlf(out / IDENTITY_FILE, [f"{name} {face.identity}" for name, face in zip(names, faces)])
-    _write_crlf(out / PARTITION_FILE, [f"{name} {SPLIT_CODES[face.split]}" for name, face in zip(names, faces)])
+        rows = [f"{name} {row[0]}" + "".join(f" {v:2d}" for v in row[1:]) for name, row in zip(names, values)]
+        _write_lines(out / spec.attributes, [str(len(faces)), " ".join(ATTRIBUTE_NAMES) + " "] + rows)
+        _write_lines(out / spec.partitions, [f"{name} {code}" for name, code in zip(names, partitions)])
+    if spec.name not in WITHOUT_IDENTITIES:
+        _write_lines(out / spec.identities, [f"{name} {face.identity}" for name, face in zip(names, faces)])
 
 
 def generate(out: Path, num_images: int = 6000, seed: int = 0, images_per_identity: int = 20,
-             workers: int | None = None) -> dict:
-    """Write the synthetic dataset into `out` (new or empty); returns image and identity counts per split."""
+             workers: int | None = None, layout: str = "torchvision", zip_images: bool = False) -> dict:
+    """Write the synthetic dataset into `out` (new or empty) in `layout`, its images in a folder or (`zip_images`)
+    a zip; returns image and identity counts per split."""
     out = Path(out)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out}: exists and is not an empty folder; refusing to write a dataset into it")
+    spec = LAYOUTS[layout]
     faces = plan(num_images, seed, images_per_identity)
-    image_dir = out / IMAGE_DIR
+    image_dir = out / ("img_align_celeba.partial" if zip_images else spec.image_folder)
     image_dir.mkdir(parents=True)
     chunks = [_Chunk(seed, i, image_dir, faces[i * CHUNK:(i + 1) * CHUNK])
               for i in range(math.ceil(len(faces) / CHUNK))]
     run_parallel(_render_chunk, chunks, len(faces), workers or os.cpu_count() or 1)
+    if zip_images:
+        write_image_zip(image_dir, out / spec.image_zip)
+        shutil.rmtree(image_dir)
     # Annotations last: a folder without them is visibly unfinished rather than silently short of images.
-    _write_annotations(out, faces)
+    _write_annotations(out, faces, spec)
     summary = {"images": len(faces), "identities": len({f.identity for f in faces})}
     for split in SPLIT_CODES:
         summary[split] = {"images": sum(f.split == split for f in faces),
@@ -440,12 +462,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images-per-identity", type=int, default=20)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--layout", choices=list(LAYOUTS), default="torchvision",
+                        help="whose file layout to write (see shard_builder/layouts.py)")
+    parser.add_argument("--zip", action="store_true", help="store the images as img_align_celeba.zip, not a folder")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     start = time.perf_counter()
     try:
         with console.status(f"drawing {args.num_images:,} faces"):
-            summary = generate(args.out, args.num_images, args.seed, args.images_per_identity, args.workers)
+            summary = generate(args.out, args.num_images, args.seed, args.images_per_identity, args.workers,
+                               args.layout, args.zip)
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")
         return 1

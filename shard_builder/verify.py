@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from shard_builder import format as fmt
-from shard_builder.annotations import IMAGE_DIR, resolve_root
 from shard_builder.build import BuildOptions, encode_member, preprocess
+from shard_builder.layouts import ImageSource, find_layout
 from shard_builder.parallel import run_parallel, tick
 from shard_builder.read import BuildError, Split, index_text, open_split
 
@@ -33,7 +33,7 @@ class ShardCheck:
     offsets: np.ndarray
     sizes: np.ndarray
     encoding: str
-    source_root: Path | None
+    source: ImageSource | None
     options: BuildOptions | None
 
 
@@ -69,12 +69,13 @@ def check_shard(check: ShardCheck) -> int:
                 pixels = _decode(data, encoding, shard, member.name)
                 if pixels.shape != (fmt.IMAGE_SIZE, fmt.IMAGE_SIZE, fmt.CHANNELS):
                     raise VerifyError(f"{shard}: {member.name} decodes to {pixels.shape}, expected 64x64x3")
-                if check.source_root is not None:
-                    source = check.source_root / IMAGE_DIR / f"{check.keys[i]}.jpg"
-                    rebuilt = encode_member(preprocess(source, fmt.CROPS[check.options.crop]),
+                if check.source is not None:
+                    image = f"{check.keys[i]}.jpg"
+                    rebuilt = encode_member(preprocess(check.source, image, fmt.CROPS[check.options.crop]),
                                             fmt.pack_labels(attributes, identity), check.options)
                     if rebuilt != data:
-                        raise VerifyError(f"{shard}: {member.name} differs from a fresh build of {source}")
+                        raise VerifyError(f"{shard}: {member.name} differs from a fresh build of "
+                                          f"{check.source.location(image)}")
                 names.append(check.keys[i])
                 offsets.append(member.offset_data)
                 sizes.append(member.size)
@@ -94,11 +95,11 @@ def verify(out: Path, root: Path | None = None, workers: int = 1, progress=None)
     out = Path(out)
     splits: list[Split] = [open_split(out / name) for name in fmt.SPLITS]
     dataset = splits[0].dataset
-    options = None
+    options = source = None
     if root is not None:
         options = BuildOptions(encoding=dataset["encoding"], jpeg_quality=dataset["jpeg_quality"] or 95,
                                crop=dataset["crop"]["name"])
-        root = resolve_root(root)
+        source = find_layout(root).images
     checks = []
     for split in splits:
         stray = sorted(p.name for p in split.path.iterdir() if p.name.endswith(".partial"))
@@ -108,7 +109,7 @@ def verify(out: Path, root: Path | None = None, workers: int = 1, progress=None)
             rows = np.flatnonzero(split.shard_index == number)
             rows = rows[np.argsort(split.position[rows])]
             checks.append(ShardCheck(shard, split.keys[rows].tolist(), split.attributes[rows], split.identities[rows],
-                                     split.offset[rows], split.size[rows], split.encoding, root, options))
+                                     split.offset[rows], split.size[rows], split.encoding, source, options))
     total = sum(len(split) for split in splits)
     run_parallel(check_shard, checks, total, workers, progress)
     return {split.name: len(split) for split in splits}

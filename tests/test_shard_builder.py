@@ -1,8 +1,10 @@
 """build-shards: layout, content against independent computations, determinism, DALI index, bad input."""
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -214,7 +216,8 @@ def test_malformed_attribute_line_names_file_and_line(celeba_copy, tmp_path, cap
     _expect_cli_error(celeba_copy, tmp_path / "a", capsys, "list_attr_celeba.txt:5:", "is not 1 or -1")
     lines[4] = lines[4].rsplit(b" ", 1)[0]
     path.write_bytes(b"\r\n".join(lines))
-    _expect_cli_error(celeba_copy, tmp_path / "b", capsys, "list_attr_celeba.txt:5:", "found 40 fields")
+    _expect_cli_error(celeba_copy, tmp_path / "b", capsys, "list_attr_celeba.txt:5:",
+                      "expected a file name and 40 values, found 39 values")
 
 
 def test_inconsistent_annotations(celeba_copy, tmp_path, capsys):
@@ -260,6 +263,44 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(celeba_copy, tmp_p
     assert not (out / "test" / "manifest.parquet").exists()
     with pytest.raises(BuildError, match="dataset.json: missing"):
         verify(out)
+
+
+@pytest.mark.parametrize(("failing", "existed"), [("shard", False), ("dataset.json", True)])
+def test_write_error_is_one_line_and_leaves_the_output_folder_as_found(synthetic_root, tmp_path, capsys,
+                                                                       monkeypatch, failing, existed):
+    from shard_builder import build as build_module
+
+    def disk_full(path: Path) -> OSError:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    write_members, atomic_write = build_module._write_members, build_module._atomic_write
+
+    def write_members_on_a_full_disk(task, partial):
+        if task.path.parent.name == "valid":  # train shards are complete by then (one worker, in order)
+            partial.write_bytes(b"half a shard")
+            raise disk_full(partial)
+        return write_members(task, partial)
+
+    def atomic_write_on_a_full_disk(path, data):
+        if path.name == "dataset.json":
+            raise disk_full(path)
+        atomic_write(path, data)
+
+    if failing == "shard":
+        monkeypatch.setattr(build_module, "_write_members", write_members_on_a_full_disk)
+    else:
+        monkeypatch.setattr(build_module, "_atomic_write", atomic_write_on_a_full_disk)
+    out = tmp_path / "new" / "out"
+    if existed:
+        out.mkdir(parents=True)
+    message = _expect_cli_error(synthetic_root, out, capsys, f"{out}: build failed", "No space left on device")
+    assert message.count("error:") == 1 and "Traceback" not in message
+    if existed:
+        assert out.is_dir() and not any(out.iterdir())
+    else:
+        assert not (tmp_path / "new").exists()  # the folders this build created, parents included
+    monkeypatch.undo()  # space freed: the same command now succeeds
+    assert build_shards(["--root", str(synthetic_root), "--out", str(out), "--workers", "1"]) == 0
 
 
 def test_real_sample_builds_with_identity_disjoint_splits(sample_shards):

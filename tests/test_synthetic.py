@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,57 @@ def test_cli(tmp_path: Path) -> None:
     assert len(list((tmp_path / "cli" / "img_align_celeba").iterdir())) == 40
     assert main(["--out", str(tmp_path / "cli"), "--num-images", "40"]) == 1  # now non-empty
     assert main(["--out", str(tmp_path / "few"), "--num-images", "20"]) == 1  # one identity cannot fill 3 splits
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """A 30-image set in torchvision's layout, for the other layouts to be compared with."""
+    out = tmp_path_factory.mktemp("small") / "celeba"
+    generate(out, 30, seed=2, images_per_identity=5, workers=2)
+    return out
+
+
+@pytest.mark.parametrize(("layout", "zipped", "tree"), [
+    ("torchvision", True, ["identity_CelebA.txt", "img_align_celeba.zip", "list_attr_celeba.txt",
+                           "list_eval_partition.txt"]),
+    ("official", False, ["Anno/identity_CelebA.txt", "Anno/list_attr_celeba.txt", "Eval/list_eval_partition.txt",
+                         "Img/img_align_celeba/"]),
+    ("official", True, ["Anno/identity_CelebA.txt", "Anno/list_attr_celeba.txt", "Eval/list_eval_partition.txt",
+                        "Img/img_align_celeba.zip"]),
+    ("kaggle", False, ["img_align_celeba/img_align_celeba/", "list_attr_celeba.csv", "list_eval_partition.csv"]),
+    ("kaggle", True, ["img_align_celeba.zip", "list_attr_celeba.csv", "list_eval_partition.csv"]),
+])
+def test_other_layouts_hold_the_same_images_and_labels(small: Path, tmp_path: Path, layout: str, zipped: bool,
+                                                        tree: list[str]) -> None:
+    out = tmp_path / layout
+    generate(out, 30, seed=2, images_per_identity=5, workers=2, layout=layout, zip_images=zipped)
+    # Files, with each folder of JPEGs listed once as `folder/`.
+    found = {(p.parent.relative_to(out).as_posix() + "/") if p.suffix == ".jpg" else p.relative_to(out).as_posix()
+             for p in out.rglob("*") if p.is_file()}
+    assert sorted(found) == tree
+    images = {p.name: p.read_bytes() for p in sorted((small / "img_align_celeba").iterdir())}
+    if zipped:
+        with zipfile.ZipFile(out / next(t for t in tree if t.endswith(".zip"))) as archive:
+            assert archive.namelist() == ["img_align_celeba/"] + [f"img_align_celeba/{name}" for name in images]
+            assert all(archive.read(f"img_align_celeba/{name}") == data for name, data in images.items())
+    else:
+        folder = out / next(t for t in tree if t.endswith("/"))
+        assert all((folder / name).read_bytes() == data for name, data in images.items())
+    if layout != "kaggle":
+        for name in FILES:
+            assert (out / next(t for t in tree if t.endswith(name))).read_bytes() == (small / name).read_bytes()
+        return
+    # Kaggle's CSVs: the same labels, comma-separated after an image_id header.
+    attributes = [line.split() for line in _lines(small / "list_attr_celeba.txt")[2:]]
+    assert (out / "list_attr_celeba.csv").read_text() == "".join(
+        ",".join(row) + "\n" for row in [["image_id", *NAMES], *attributes])
+    partitions = [line.split() for line in _lines(small / "list_eval_partition.txt")]
+    assert (out / "list_eval_partition.csv").read_text() == "".join(
+        ",".join(row) + "\n" for row in [["image_id", "partition"], *partitions])
+
+
+def test_cli_writes_a_layout(tmp_path: Path) -> None:
+    assert main(["--out", str(tmp_path / "k"), "--num-images", "20", "--images-per-identity", "4", "--layout", "kaggle",
+                 "--zip"]) == 0
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == [
+        "img_align_celeba.zip", "list_attr_celeba.csv", "list_eval_partition.csv"]
