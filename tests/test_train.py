@@ -107,8 +107,8 @@ def test_minutes_plan_is_recorded_and_resumes_exactly(synthetic_shards, tmp_path
 
     def same_plan(run, done, step_seconds):
         plan(run, done, step_seconds)
-        if run.state.total_steps:
-            run.state.total_steps = planned
+        if run.state.planned_steps:
+            run.state.planned_steps = planned
 
     monkeypatch.setattr(train.run, "plan_budget", same_plan)
     _run(synthetic_shards, straight, *flags, "--max-steps", "14")
@@ -142,13 +142,24 @@ def _check_gpu_path_run(out: Path, shards: Path, summary: dict, steps: int) -> N
     assert math.isfinite(report["harmonic"]["H"]) and report["checkpoint"].endswith(f"step-{steps:07d}/vae")
 
 
+def _script(shards: Path, out: Path, *flags: str) -> dict:
+    """train/run.py in its own process, as a user runs it (Accelerate's precision is fixed once per process)."""
+    command = [sys.executable, str(REPO / "train" / "run.py"), "--shards", str(shards), "--out", str(out), *TINY,
+               *flags]
+    result = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "train_summary.json").read_text())
+
+
 def test_compiled_bf16_training_on_the_cpu_resumes_and_evaluates(synthetic_shards, tmp_path):
     """torch.compile of the objective (inductor's CPU backend) and bf16 autocast through Accelerate."""
     out = tmp_path / "compiled"
-    _run(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "3", "--no-figures")
-    _check_gpu_path_run(out, synthetic_shards, json.loads((out / "train_summary.json").read_text()), 3)
-    _run(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "6", "--no-figures", "--resume", "latest")
-    _check_gpu_path_run(out, synthetic_shards, json.loads((out / "train_summary.json").read_text()), 6)
+    summary = _script(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "3", "--no-figures")
+    _check_gpu_path_run(out, synthetic_shards, summary, 3)
+    summary = _script(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "6", "--no-figures",
+                      "--resume", "latest")
+    _check_gpu_path_run(out, synthetic_shards, summary, 6)
 
 
 def test_two_compiled_bf16_processes_stay_in_sync_and_resume(synthetic_shards, tmp_path):

@@ -52,7 +52,7 @@ class TrainerState:
     validated epochs, and the position inside it follows from the step (`Run.batch_in_epoch`)."""
 
     step: int
-    total_steps: int  # the schedule's length: epochs x steps per epoch, or planned for --minutes (0: not yet)
+    planned_steps: int  # --minutes: the step count the budget holds, fixed after the first steps (0: not yet)
     epoch_sums: torch.Tensor  # this rank's sums of the STAT_NAMES over the epoch's images, then their count
     steps_log: list[dict] = field(default_factory=list)
     epochs_log: list[dict] = field(default_factory=list)
@@ -62,11 +62,11 @@ class TrainerState:
         return len(self.epochs_log)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "total_steps": self.total_steps, "epoch_sums": self.epoch_sums,
+        return {"step": self.step, "planned_steps": self.planned_steps, "epoch_sums": self.epoch_sums,
                 "steps_log": self.steps_log, "epochs_log": self.epochs_log}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step, self.total_steps = state["step"], state["total_steps"]
+        self.step, self.planned_steps = state["step"], state["planned_steps"]
         self.steps_log, self.epochs_log = state["steps_log"], state["epochs_log"]
         self.epoch_sums.copy_(state["epoch_sums"])
 
@@ -122,7 +122,7 @@ class Run:
         """Epochs to run: --epochs, or as many (the last one partial) as the planned --minutes budget holds."""
         if not self.cfg.minutes:
             return self.cfg.epochs
-        return math.ceil(self.state.total_steps / len(self.train_loader)) if self.state.total_steps else math.inf
+        return math.ceil(self.state.planned_steps / len(self.train_loader)) if self.state.planned_steps else math.inf
 
     def log_record(self, record: dict) -> None:
         if self.metrics_file:
@@ -158,12 +158,16 @@ def setup(cfg: TrainConfig) -> Run:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99),
                                   fused=True)  # one kernel per step; the CPU has it too, so the tests run it
-    # --max-steps only stops early; the schedule's length is the state's, so a --minutes plan made after the
-    # first steps (all inside the warm-up, where the length does not matter yet) is resumed exactly.
-    state = TrainerState(0, 0 if cfg.minutes else cfg.epochs * len(train_loader),
-                         torch.zeros(len(STAT_NAMES) + 1, device=device, dtype=torch.float64))
+    state = TrainerState(0, 0, torch.zeros(len(STAT_NAMES) + 1, device=device, dtype=torch.float64))
+    steps_per_epoch = len(train_loader)
+
+    def schedule_length() -> int:
+        """--epochs x steps per epoch (--max-steps only stops early), or the --minutes plan: made after the first
+        steps, all inside the warm-up where the length does not matter yet, and resumed from the state."""
+        return state.planned_steps if cfg.minutes else cfg.epochs * steps_per_epoch
+
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, state.total_steps, cfg.min_lr_ratio))
+        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, schedule_length(), cfg.min_lr_ratio))
     ema = EMA(vae, cfg.ema_decay)
     ema_vae = copy.deepcopy(vae).eval().requires_grad_(False)
 
@@ -219,7 +223,7 @@ def train_one_epoch(run: Run) -> bool:
         wait_started = time.perf_counter()
         batch = next(batches, None)  # the only place the step can wait for data
         window.waited += time.perf_counter() - wait_started
-        if batch is None or (state.total_steps and state.step == state.total_steps):
+        if batch is None or (state.planned_steps and state.step == state.planned_steps):
             return True
         weight = kl_weight(state.step, cfg.kl_anneal, cfg.beta, cfg.kl_anneal_steps, cfg.kl_cycle_ramp)
         with accelerator.autocast():
@@ -234,7 +238,7 @@ def train_one_epoch(run: Run) -> bool:
             raise NonFiniteLoss(f"non-finite loss/gradient at step {state.step} (loss {loss.item():.4g}); "
                                 f"the last good state is saved in {saved}")
         run.optimizer.step()
-        if cfg.minutes and not state.total_steps:
+        if cfg.minutes and not state.planned_steps:
             # Before the scheduler sets the next step's rate from the plan.
             plan_budget(run, state.step + 1, time.perf_counter() - wait_started)
         run.scheduler.step()
@@ -271,9 +275,9 @@ def plan_budget(run: Run, done: int, step_seconds: float) -> None:
     seconds_per_step, elapsed = run.accelerator.reduce(timings, "max").tolist()
     per_epoch = len(run.valid_loader) * seconds_per_step * VALID_STEP_SHARE + FIGURE_SECONDS * cfg.figures
     per_step = seconds_per_step + per_epoch / len(run.train_loader)
-    state.total_steps = done + max(1, int((cfg.minutes * 60 - elapsed) / per_step))
-    console.print(f"--minutes {cfg.minutes:g}: {seconds_per_step * 1e3:.0f} ms per step -> {state.total_steps:,} "
-                  f"steps ({state.total_steps / len(run.train_loader):.1f} epochs)")
+    state.planned_steps = done + max(1, int((cfg.minutes * 60 - elapsed) / per_step))
+    console.print(f"--minutes {cfg.minutes:g}: {seconds_per_step * 1e3:.0f} ms per step -> {state.planned_steps:,} "
+                  f"steps ({state.planned_steps / len(run.train_loader):.1f} epochs)")
 
 
 def log_steps(run: Run, weight: float) -> None:
@@ -342,7 +346,7 @@ def finish(run: Run) -> None:
         run.metrics_file.close()
         summary = {"step": state.step, "epoch": state.epoch, "world_size": accelerator.num_processes,
                    "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
-                   "compiled": compiles(run.cfg), "planned_steps": state.total_steps, "minutes": run.cfg.minutes,
+                   "compiled": compiles(run.cfg), "planned_steps": state.planned_steps, "minutes": run.cfg.minutes,
                    "train_seconds": time.perf_counter() - run.started, "checkpoint": str(final),
                    "ranks_in_sync": bool((checksums == checksums[0]).all()),
                    "last_epoch": (state.epochs_log or [None])[-1]}
