@@ -64,6 +64,11 @@ class VAEConfig:
     fixed_logvar: float = -4.6
     # Safety clamp of the encoder's log-variance: keeps exp() finite in bf16/fp32, never binds in practice.
     enc_logvar_range: tuple[float, float] = (-30.0, 20.0)
+    # The decoder's last UpBlock (to full resolution): "bilinear" (bilinear x2 then a 3x3 conv at full
+    # resolution, the seed's) or "pixel_shuffle" (1x1 conv at half resolution then pixel_shuffle: 9x fewer
+    # multiply-adds where the CPU spends most). The other UpBlocks are always bilinear.
+    last_upsample: str = "bilinear"
+    head_kernel_size: int = 3  # kernel of the decoder's output conv (3, or 1 for a cheap full-resolution head)
     mid_ratio: float = 0.5  # ResNeXt bottleneck width / block width
     se_ratio: float = 0.25  # SE hidden width / block width
     layer_scale_init: float = 1e-2
@@ -80,6 +85,10 @@ class VAEConfig:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.image_size % (2 ** len(self.channels)) != 0:
             raise ValueError(f"image_size {self.image_size} not divisible by 2**{len(self.channels)}")
+        if self.last_upsample not in UpBlock.MODES:
+            raise ValueError(f"last_upsample must be one of {UpBlock.MODES}, got {self.last_upsample!r}")
+        if self.head_kernel_size not in (1, 3):
+            raise ValueError(f"head_kernel_size must be 1 or 3, got {self.head_kernel_size}")
         if self.likelihood == "logistic_mixture" and self.num_mixtures < 1:
             raise ValueError(f"num_mixtures must be >= 1, got {self.num_mixtures}")
         if not 0.0 <= self.shared_sigma_decay < 1.0:
@@ -207,13 +216,16 @@ class Decoder(nn.Module):
         self.mid = _blocks(c, cfg.mid_depth, cfg)
         # Mirror of the encoder, lowest resolution first.
         self.stages = nn.ModuleList(
-            nn.Sequential(UpBlock(widths[i + 1], widths[i]), _blocks(widths[i], cfg.depths[i], cfg))
+            nn.Sequential(
+                UpBlock(widths[i + 1], widths[i], cfg.last_upsample if i == 0 else "bilinear"),
+                _blocks(widths[i], cfg.depths[i], cfg),
+            )
             for i in reversed(range(len(cfg.channels)))
         )
         c0 = cfg.channels[0]
         self.norm_out = nn.GroupNorm(num_groups(c0), c0, eps=1e-6)
         self.act = nn.SiLU()
-        self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(c0, cfg.out_channels, cfg.head_kernel_size, padding=cfg.head_kernel_size // 2)
         if cfg.likelihood == "gaussian_shared":
             self.register_buffer("shared_logvar", torch.tensor(float(cfg.fixed_logvar)))
             self.register_buffer("shared_updates", torch.zeros((), dtype=torch.long))

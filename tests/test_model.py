@@ -339,3 +339,35 @@ def test_presets_build(preset):
 def test_any_latent_fits_any_preset(preset, latent_dim):
     cfg = VAEConfig.from_preset(preset, latent_dim=latent_dim)
     assert cfg.latent_resolution**2 * cfg.bottleneck_channels >= 2 * latent_dim
+
+
+# ----------------------------------------------------------------------------- CPU-cheap full-resolution options
+
+
+@pytest.mark.parametrize("cin, cout", [(32, 16), (64, 64), (16, 16)])
+def test_pixel_shuffle_up_block(cin, cout):
+    block = UpBlock(cin, cout, mode="pixel_shuffle")
+    assert block.conv.kernel_size == (1, 1) and block.conv.out_channels == 4 * cout
+    x = torch.randn(2, cin, 8, 8)
+    assert block(x).shape == (2, cout, 16, 16)
+    torch.nn.init.zeros_(block.conv.weight)
+    torch.nn.init.zeros_(block.conv.bias)
+    torch.testing.assert_close(block(x), channel_to_space_shortcut(x, cout))  # branch off: the DC-AE shortcut
+    with pytest.raises(ValueError):
+        UpBlock(cin, cout, mode="nearest")
+
+
+def test_cheap_full_resolution_config():
+    cfg = VAEConfig(last_upsample="pixel_shuffle", head_kernel_size=1, depths=(0, 1, 1), latent_dim=16,
+                    channels=(16, 32, 64), mid_depth=0)
+    vae = VAE(cfg)
+    ups = [stage[0] for stage in vae.decoder.stages]
+    assert [u.mode for u in ups] == ["bilinear", "bilinear", "pixel_shuffle"]  # only the last, full-res one
+    assert vae.decoder.conv_out.kernel_size == (1, 1)
+    assert len(vae.encoder.stages[0][0]) == 0 and len(vae.decoder.stages[-1][1]) == 0  # no full-res blocks
+    out = vae(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert out.x_mean.shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError):
+        VAEConfig(last_upsample="nearest")
+    with pytest.raises(ValueError):
+        VAEConfig(head_kernel_size=5)
