@@ -219,25 +219,10 @@ def split_mixture_params(params: torch.Tensor) -> MixtureParams:
     if c % 10 != 0:
         raise ValueError(f"logistic mixture parameters need 10K channels, got {c}")
     k = c // 10
-    logits = params[:, :k]
-    rest = params[:, k:].reshape(b, 3, 3, k, h, w)  # [B, (means|log_scales|coeffs), channel, K, H, W]
-    return MixtureParams(
-        logits,
-        rest[:, 0],
-        rest[:, 1].clamp(*MIXTURE_LOG_SCALE_RANGE),
-        torch.tanh(rest[:, 2]),
-    )
-
-
-def _log_logistic_mass(a: torch.Tensor, b: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
-    """log(sigmoid(b) - sigmoid(a)) for a < b with width = b - a given separately, stable everywhere.
-
-    sigmoid(b) - sigmoid(a) = sigmoid(b) sigmoid(-a) (1 - exp(-(b - a))), so the log is
-    logsigmoid(b) + logsigmoid(-a) + log(-expm1(-width)): no difference of two numbers near 1 in either tail,
-    and expm1 keeps its digits for bins much narrower than the scale. The width is passed in (one grey level
-    times 1/scale) because far out in a tail a and b round to the same float32 while their difference does not.
-    """
-    return F.logsigmoid(b) + F.logsigmoid(-a) + torch.log(-torch.expm1(-width))
+    # split/unbind rather than indexing: their backward is one cat/stack, not a zero-filled tensor per slice
+    logits, rest = params.split([k, 9 * k], dim=1)
+    means, log_scales, coeffs = rest.reshape(b, 3, 3, k, h, w).unbind(1)  # each [B, channel, K, H, W]
+    return MixtureParams(logits, means, log_scales.clamp(*MIXTURE_LOG_SCALE_RANGE), torch.tanh(coeffs))
 
 
 def discretized_logistic_mixture_nll_per_pixel(x_uint8: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -253,21 +238,24 @@ def discretized_logistic_mixture_nll_per_pixel(x_uint8: torch.Tensor, params: to
     k = x_uint8.to(params.device).unsqueeze(2)  # [B, 3, 1, H, W]
     kf = k.float()
     x = kf / 127.5 - 1.0  # the observed values the later channels are conditioned on
-    r, g = x[:, 0], x[:, 1]
-    m = p.means
-    coupled = torch.stack(
-        [m[:, 0], m[:, 1] + p.coeffs[:, 0] * r, m[:, 2] + p.coeffs[:, 1] * r + p.coeffs[:, 2] * g], dim=1
-    )  # [B, 3, K, H, W]
+    r, g, _ = x.unbind(1)
+    m_r, m_g, m_b = p.means.unbind(1)
+    c_gr, c_br, c_bg = p.coeffs.unbind(1)
+    coupled = torch.stack([m_r, m_g + c_gr * r, m_b + c_br * r + c_bg * g], dim=1)  # [B, 3, K, H, W]
     inv_s = torch.exp(-p.log_scales)
     # standardised bin edges; the clamp keeps them finite for any decoder output (|mean| up to 1e15)
     a = (((kf - 128.0) / 127.5 - coupled) * inv_s).clamp(-1e18, 1e18)
     b = (((kf - 127.0) / 127.5 - coupled) * inv_s).clamp(-1e18, 1e18)
     width = inv_s / 127.5  # b - a, exactly
-    log_mass = torch.where(
-        k == 0,
-        F.logsigmoid(b),  # (-inf, b]
-        torch.where(k == 255, F.logsigmoid(-a), _log_logistic_mass(a, b, width)),  # [a, +inf) | [a, b]
-    )
+    # Bin 0 is (-inf, b]: log sigmoid(b). Bin 255 is [a, +inf): log sigmoid(-a). An interior bin [a, b] has
+    # sigmoid(b) - sigmoid(a) = sigmoid(b) sigmoid(-a) (1 - exp(-(b - a))), so its log is the sum of both plus
+    # log(-expm1(-width)): no difference of two numbers near 1 in either tail, and expm1 keeps its digits for bins
+    # much narrower than the scale. The width is not b - a recomputed: far out in a tail a and b round to the
+    # same float32 while their difference does not. All three terms are finite, so the edge cases are selected
+    # by 0/1 masks (cheaper backward than torch.where's zero-filled branches).
+    not_low, not_high = (k != 0).float(), (k != 255).float()
+    log_mass = (F.logsigmoid(b) * not_high + F.logsigmoid(-a) * not_low
+                + torch.log(-torch.expm1(-width)) * (not_low * not_high))
     log_joint = log_mass.sum(dim=1) + torch.log_softmax(p.logit_probs, dim=1)  # [B, K, H, W]
     return (-torch.logsumexp(log_joint, dim=1)).clamp_min(0.0)  # the clamp only removes float rounding
 
