@@ -27,12 +27,13 @@ class ResNeXtBottleneck(nn.Module):
         mid_ratio: float = 0.5,
         se_ratio: float = 0.25,
         layer_scale_init: float = 1e-2,
+        norm: bool = True,
     ):
         super().__init__()
         mid = max(4, int(round(channels * mid_ratio)))
-        self.reduce = ConvNormAct(channels, mid, kernel_size=1)
-        self.conv = ConvNormAct(mid, mid, kernel_size=3, groups=num_groups(mid))
-        self.expand = ConvNormAct(mid, channels, kernel_size=1, act=False)
+        self.reduce = ConvNormAct(channels, mid, kernel_size=1, norm=norm)
+        self.conv = ConvNormAct(mid, mid, kernel_size=3, groups=num_groups(mid), norm=norm)
+        self.expand = ConvNormAct(mid, channels, kernel_size=1, act=False, norm=norm)
         self.se = SqueezeExcite(channels, rd_ratio=se_ratio)
         self.ls = LayerScale(channels, layer_scale_init)
 
@@ -101,14 +102,14 @@ class UpBlock(nn.Module):
     """Double H and W: GroupNorm -> SiLU -> bilinear x2 -> 3x3 conv, plus the DC-AE channel-to-space shortcut.
 
     Norm and activation run before the upsample, at the low resolution, where they are 4x cheaper.
-    mode="pixel_shuffle": the branch is a 1x1 conv at the low resolution to 4*out channels, then
+    norm=False: no GroupNorm (the norm-free decoder). mode="pixel_shuffle": the branch is a 1x1 conv at the low resolution to 4*out channels, then
     pixel_shuffle(2) (a learned 2x2 transposed conv): 9x fewer multiply-adds than the 3x3 conv at the high
     resolution, which is what dominates the CPU cost of the last (full-resolution) upsample.
     """
 
     MODES = ("bilinear", "pixel_shuffle")
 
-    def __init__(self, in_channels: int, out_channels: int, mode: str = "bilinear"):
+    def __init__(self, in_channels: int, out_channels: int, mode: str = "bilinear", norm: bool = True):
         super().__init__()
         if (4 * out_channels) % in_channels != 0:
             raise ValueError(
@@ -119,7 +120,7 @@ class UpBlock(nn.Module):
             raise ValueError(f"UpBlock mode must be one of {self.MODES}, got {mode!r}")
         self.out_channels = out_channels
         self.mode = mode
-        self.norm = nn.GroupNorm(num_groups(in_channels), in_channels, eps=1e-6)
+        self.norm = nn.GroupNorm(num_groups(in_channels), in_channels, eps=1e-6) if norm else nn.Identity()
         self.act = nn.SiLU()
         if mode == "bilinear":
             self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)

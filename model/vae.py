@@ -68,6 +68,13 @@ class VAEConfig:
     # resolution, the seed's) or "pixel_shuffle" (1x1 conv at half resolution then pixel_shuffle: 9x fewer
     # multiply-adds where the CPU spends most). The other UpBlocks are always bilinear.
     last_upsample: str = "bilinear"
+    # Normalisation in the decoder: "group" (GroupNorm everywhere, the seed's) or "none" (no norm layer in the
+    # decoder; convs get biases; LayerScale keeps the residual blocks near identity at init, as in VDVAE's
+    # norm-free decoder). GroupNorm divides out the magnitude of the z-driven features, so a decoder built
+    # from it answers z = 0.2 eps with nearly the structure of z = eps (the temperature grid shows blobs at
+    # every temperature); without it, the decoder is closer to linear in small z and low temperatures decode
+    # to an average face. The encoder always uses GroupNorm.
+    decoder_norm: str = "group"
     head_kernel_size: int = 3  # kernel of the decoder's output conv (3, or 1 for a cheap full-resolution head)
     mid_ratio: float = 0.5  # ResNeXt bottleneck width / block width
     se_ratio: float = 0.25  # SE hidden width / block width
@@ -87,6 +94,8 @@ class VAEConfig:
             raise ValueError(f"image_size {self.image_size} not divisible by 2**{len(self.channels)}")
         if self.last_upsample not in UpBlock.MODES:
             raise ValueError(f"last_upsample must be one of {UpBlock.MODES}, got {self.last_upsample!r}")
+        if self.decoder_norm not in ("group", "none"):
+            raise ValueError(f"decoder_norm must be 'group' or 'none', got {self.decoder_norm!r}")
         if self.head_kernel_size not in (1, 3):
             raise ValueError(f"head_kernel_size must be 1 or 3, got {self.head_kernel_size}")
         if self.likelihood == "logistic_mixture" and self.num_mixtures < 1:
@@ -155,9 +164,9 @@ class VAEOutput(NamedTuple):
         return self.x_logvar
 
 
-def _blocks(channels: int, depth: int, cfg: VAEConfig) -> nn.Sequential:
+def _blocks(channels: int, depth: int, cfg: VAEConfig, norm: bool = True) -> nn.Sequential:
     return nn.Sequential(
-        *[ResNeXtBottleneck(channels, cfg.mid_ratio, cfg.se_ratio, cfg.layer_scale_init) for _ in range(depth)]
+        *[ResNeXtBottleneck(channels, cfg.mid_ratio, cfg.se_ratio, cfg.layer_scale_init, norm) for _ in range(depth)]
     )
 
 
@@ -212,18 +221,19 @@ class Decoder(nn.Module):
         widths = cfg.channels + cfg.channels[-1:]
         r, cb, c = cfg.latent_resolution, cfg.bottleneck_channels, widths[-1]
         self.from_latent = nn.Linear(cfg.latent_dim, r * r * cb)
+        norm = cfg.decoder_norm == "group"
         self.conv_in = nn.Conv2d(cb, c, 3, padding=1)
-        self.mid = _blocks(c, cfg.mid_depth, cfg)
+        self.mid = _blocks(c, cfg.mid_depth, cfg, norm)
         # Mirror of the encoder, lowest resolution first.
         self.stages = nn.ModuleList(
             nn.Sequential(
-                UpBlock(widths[i + 1], widths[i], cfg.last_upsample if i == 0 else "bilinear"),
-                _blocks(widths[i], cfg.depths[i], cfg),
+                UpBlock(widths[i + 1], widths[i], cfg.last_upsample if i == 0 else "bilinear", norm),
+                _blocks(widths[i], cfg.depths[i], cfg, norm),
             )
             for i in reversed(range(len(cfg.channels)))
         )
         c0 = cfg.channels[0]
-        self.norm_out = nn.GroupNorm(num_groups(c0), c0, eps=1e-6)
+        self.norm_out = nn.GroupNorm(num_groups(c0), c0, eps=1e-6) if norm else nn.Identity()
         self.act = nn.SiLU()
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, cfg.head_kernel_size, padding=cfg.head_kernel_size // 2)
         if cfg.likelihood == "gaussian_shared":
