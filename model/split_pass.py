@@ -181,6 +181,8 @@ def summarize(sums: dict, latent_dim: int, num_dims: int = NUM_DIMS) -> dict[str
         raise ValueError("no samples were evaluated")
     mean = {name: value / count for name, value in totals.items()}
     harmonic = harmonic_metric(mean["discretized_nll"], mean["kl"], latent_dim=latent_dim, num_dims=num_dims)
+    continuous = harmonic_metric(mean["gaussian_nll"], mean["kl"], latent_dim=latent_dim, num_dims=num_dims)
+    per_pixel = harmonic_metric(mean["discretized_nll"], mean["kl"], latent_dim=latent_dim, num_dims=num_dims // 3)
     out = {
         "images": int(count),
         "gaussian_nll": mean["gaussian_nll"],
@@ -194,6 +196,12 @@ def summarize(sums: dict, latent_dim: int, num_dims: int = NUM_DIMS) -> dict[str
         "harmonic_n": harmonic.n,
         "harmonic_k": harmonic.k,
         "harmonic": harmonic.h,
+        # Other readings a course may use (SPEC section 4), not the project's: n from the continuous training
+        # NLL (a density: can be negative, then H means nothing), and n per pixel (D / 3) instead of per sub-pixel.
+        "harmonic_continuous_n": continuous.n,
+        "harmonic_continuous": continuous.h,
+        "harmonic_per_pixel_n": per_pixel.n,
+        "harmonic_per_pixel": per_pixel.h,
         "active_units": active_units(mu_variance(sums).float(), ACTIVE_THRESHOLD),
     }
     if "iw_nll" in mean:

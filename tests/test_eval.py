@@ -349,3 +349,35 @@ def test_every_decoder_likelihood_trains_and_evaluates(likelihood, synthetic_sha
     assert math.isfinite(metrics["psnr"]) and math.isfinite(metrics["harmonic"])
     if likelihood == "logistic_mixture":  # its training loss is the discretized NLL itself
         assert metrics["gaussian_nll"] == pytest.approx(metrics["discretized_nll"])
+
+
+def test_frechet_distance_known_answers():
+    from eval.sample_quality import frechet_distance
+
+    torch.manual_seed(0)
+    a = torch.randn(500, 6) @ torch.randn(6, 6) + 3.0
+    shift = torch.tensor([1.0, -2.0, 0.5, 0.0, 0.0, 1.0])
+    assert abs(frechet_distance(a, a)) < 1e-8
+    assert frechet_distance(a, a + shift) == pytest.approx(float(shift.square().sum()), rel=1e-8)
+    # b = s (a - m) + m: C_b = s^2 C_a, so FD = Tr(C_a) (1 - s)^2
+    scaled = 0.5 * (a - a.mean(0)) + a.mean(0)
+    assert frechet_distance(a, scaled) == pytest.approx(float(torch.cov(a.double().T).trace()) * 0.25, rel=1e-8)
+
+
+def test_eval_with_a_judge_reports_sample_quality(tiny_run, synthetic_shards, tmp_path, capsys):
+    from model.classifier import AttributeClassifier, ClassifierConfig, save_classifier
+
+    dataset = json.loads((synthetic_shards / "dataset.json").read_text())
+    names = dataset["attribute_names"]
+    torch.manual_seed(0)
+    save_classifier(tmp_path / "judge", AttributeClassifier(ClassifierConfig(width=8, attribute_names=names)), {})
+    assert eval_main(["--checkpoint", str(tiny_run), "--shards", str(synthetic_shards / "test"), "-K", "0",
+                      "--judge", str(tmp_path / "judge"), "--quality-images", "40", "--out", str(tmp_path)]) == 0
+    quality = json.loads((tmp_path / "eval-test.json").read_text())["sample_quality"]
+    assert quality["images"] == min(40, dataset["counts"]["test"]) and quality["features"] == 64
+    for key in ("fd_reconstructions", "fd_real_reference", "fd_samples_t0.2", "fd_samples_t1.5"):
+        assert math.isfinite(quality[key]) and quality[key] >= -1e-6, key
+    assert 0 < quality["mean_face_psnr_t0.2"] < 99 and 0 < quality["mean_face_psnr_decode_zero"] < 99
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "Fréchet" in printed and "mean-face" in printed  # rich may wrap the labels
+    assert "other readings of H, not the project's" in printed
