@@ -381,3 +381,20 @@ def test_eval_with_a_judge_reports_sample_quality(tiny_run, synthetic_shards, tm
     printed = " ".join(capsys.readouterr().out.split())
     assert "Fréchet" in printed and "mean-face" in printed  # rich may wrap the labels
     assert "other readings of H, not the project's" in printed
+
+
+def test_sweep_trains_and_scores_every_configuration(synthetic_shards, tmp_path):
+    from eval.sweep import main as sweep_main
+
+    out = tmp_path / "sweep"
+    flags = ["--latent-dims", "16,32", "--betas", "1", "--minutes", "0.03"]
+    train = ["--", "--preset", "tiny", "--batch-size", "16", "--warmup-steps", "4", "--compile", "off",
+             "--precision", "fp32", "--no-figures"]
+    assert sweep_main(["--shards", str(synthetic_shards), "--out", str(out), *flags, *train]) == 0
+    results = json.loads((out / "sweep.json").read_text())["results"]
+    assert [(r["latent_dim"], r["beta"]) for r in results] == [(16, 1.0), (32, 1.0)]
+    assert all(math.isfinite(r["harmonic"]) and r["bpd"] > 0 for r in results)
+    assert (out / "sweep.png").stat().st_size > 10_000
+    stamp = (out / "latent16-beta1" / "eval" / "eval-test.json").stat().st_mtime_ns
+    assert sweep_main(["--shards", str(synthetic_shards), "--out", str(out), *flags, *train]) == 0  # skips done runs
+    assert (out / "latent16-beta1" / "eval" / "eval-test.json").stat().st_mtime_ns == stamp
