@@ -1,7 +1,7 @@
 """The whole chain in one command, ending in a report page:
 
-    data -> build-shards (+ verify) -> loader and trainer benchmarks -> train -> eval -> bonus_1.py
-         -> classifiers -> 3 edits -> report
+    data -> build-shards (+ verify) -> loader and trainer benchmarks -> train -> classifiers -> eval (with
+         the judge) -> bonus_1.py -> 3 edits -> report -> hand-in folder
 
 Uses the dataset at $CELEBA_ROOT when set, else makes the embedded synthetic CelebA. Training is sized for
 the machine: the `tiny` preset for a few minutes on CPU cores, the `base` preset on a GPU. Every step writes
@@ -95,17 +95,17 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
                                                 "--variants", "eager-fp32,eager-bf16"])])),
         Step("train", lambda: (run / "train_summary.json").is_file(),
              lambda: call(train_main, train_flags + (["--resume", "latest"] if (run / "checkpoints").is_dir() else []))),
-        Step("eval", eval_json.is_file,
-             lambda: call(eval_main, ["--checkpoint", run, "--shards", shards / "test", "--out", eval_json.parent,
-                                      "--iw-samples", 16 if gpu else 4])),
-        Step("bonus_1", bonus_json.is_file,
-             lambda: call(bonus_main, ["--checkpoint", run, "--shards", shards / "test", "--out", bonus_json.parent])),
         Step("guide classifier", lambda: (guide / "test_accuracy.json").is_file(),
              lambda: call(classifier_main, ["--shards", shards, "--out", guide, "--arch", "cnn", "--seed", 0,
                                             "--epochs", classifier_epochs])),
         Step("judge classifier", lambda: (judge / "test_accuracy.json").is_file(),
              lambda: call(classifier_main, ["--shards", shards, "--out", judge, "--arch", "resnet", "--width", 24,
                                             "--seed", 1, "--epochs", classifier_epochs])),
+        Step("eval", eval_json.is_file,
+             lambda: call(eval_main, ["--checkpoint", run, "--shards", shards / "test", "--out", eval_json.parent,
+                                      "--iw-samples", 16 if gpu else 4, "--judge", judge])),
+        Step("bonus_1", bonus_json.is_file,
+             lambda: call(bonus_main, ["--checkpoint", run, "--shards", shards / "test", "--out", bonus_json.parent])),
         Step("edit amplify", (edits / "amplify" / "amplify.json").is_file,
              lambda: call(edit_main, ["amplify", *edit_common, "--out", edits / "amplify"])),
         Step("edit guide", (edits / "guide" / "guide.json").is_file,

@@ -61,9 +61,23 @@ HEADLINE_METRICS = (
     ("harmonic_n", "harmonic metric n", ""),
     ("harmonic_k", "harmonic metric k", ""),
     ("harmonic", "harmonic metric H = 2nk/(n+k)", ""),
+    ("harmonic_continuous", "other reading: H with the continuous training NLL", ""),
+    ("harmonic_per_pixel", "other reading: H with n per pixel (D = 4,096)", ""),
     ("active_units", "active latent components", ""),
     ("psnr", "reconstruction PSNR (decoder mean at μ)", "dB"),
     ("gaussian_nll_bpd", "continuous Gaussian NLL", "bits / dim"),
+)
+
+
+SAMPLE_QUALITY_ROWS = (
+    ("fd_real_reference", "Fréchet distance: other real images (valid split)"),
+    ("fd_reconstructions", "Fréchet distance: reconstructions at μ"),
+    ("fd_samples_t0.2", "Fréchet distance: prior samples, T = 0.2"),
+    ("fd_samples_t0.5", "Fréchet distance: prior samples, T = 0.5"),
+    ("fd_samples_t1", "Fréchet distance: prior samples, T = 1.0"),
+    ("fd_samples_t1.5", "Fréchet distance: prior samples, T = 1.5"),
+    ("mean_face_psnr_t0.2", "mean-face PSNR of T = 0.2 samples (dB)"),
+    ("mean_face_psnr_decode_zero", "mean-face PSNR of decode(0) (dB)"),
 )
 
 
@@ -211,6 +225,13 @@ def metrics_section(page: Page, eval_json: Path | None, bonus_json: Path | None)
                 label += f" (K = {evaluation['iw_samples']})"
             rows.append([label, *(metrics.get(key) for metrics in columns.values()), unit])
     body = grid_table(["metric", *columns, "unit"], rows)
+    quality = (evaluation or {}).get("sample_quality")
+    if quality:
+        body += ("<h3>sample quality in the judge classifier's feature space</h3><p>Fréchet distance to the test "
+                 "images (lower is closer; other real images give the floor), and how close temperature-0.2 "
+                 "samples and decode(0) come to the train split's mean face. Not comparable with published FIDs "
+                 "(no pretrained Inception network can be downloaded here).</p>"
+                 + pairs_table([(label, quality[key]) for key, label in SAMPLE_QUALITY_ROWS], ("measure", "value")))
     fixed = (evaluation or {}).get("fixed_sigma")
     if fixed:
         body += "<h3>fixed-sigma model: one global sigma fitted on the valid split</h3>" + pairs_table(list(fixed.items()))

@@ -138,3 +138,20 @@ def save_metric_bars(path: Path, groups: Sequence[str], series: dict[str, Sequen
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def save_labelled_scatter(path: Path, panels: Sequence[tuple[Sequence[float], Sequence[float], str, str]],
+                          labels: Sequence[str], title: str = "") -> Path:
+    """Side-by-side scatter panels of the same labelled points: each panel is (xs, ys, xlabel, ylabel)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (xs, ys, xlabel, ylabel) in zip(axes[0], panels):
+        ax.scatter(xs, ys, color="tab:blue")
+        for x, y, label in zip(xs, ys, labels):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -97,8 +97,8 @@ def run(args: argparse.Namespace, command: str, options: EvalOptions,
     """Load, evaluate, write the JSON report, show it; clear one-line errors (exit code 1) for bad input."""
     runtime = None
     try:
-        if options.samples < 1 or options.iw_samples < 0 or options.batch_size < 1:
-            raise EvalError("--samples and --batch-size must be >= 1 and --iw-samples >= 0")
+        if options.samples < 1 or options.iw_samples < 0 or options.batch_size < 1 or options.quality_images < 2:
+            raise EvalError("--samples and --batch-size must be >= 1, --iw-samples >= 0, --quality-images >= 2")
         runtime = start_runtime(args.cpu)
         vae, meta = load_vae(args.checkpoint, runtime.device)
         folder = resolve_vae_folder(args.checkpoint)
@@ -127,8 +127,14 @@ def run(args: argparse.Namespace, command: str, options: EvalOptions,
 
 
 def print_caveat(report: dict) -> None:
-    """The caveat next to H, always; plus every warning (e.g. fewer than a quarter of the components active)."""
+    """The other readings of H (labelled, after the project's), the caveat next to H, always; plus every warning
+    (e.g. fewer than a quarter of the components active)."""
     m = report["metrics"]
+    console.print(f"other readings of H, not the project's: with the continuous training NLL instead of the "
+                  f"discretized one n = {m['harmonic_continuous_n']:.4f}, H = {m['harmonic_continuous']:.4f}"
+                  + (" (n < 0: a density, H means nothing)" if m["harmonic_continuous_n"] < 0 else "")
+                  + f"; with n per pixel (D = {report['num_dims'] // 3}) n = {m['harmonic_per_pixel_n']:.4f}, "
+                  f"H = {m['harmonic_per_pixel']:.4f}", highlight=False)
     console.print(f"[bold]caveat[/bold]: {escape(CAVEAT)} Here: bits/dim {m['bpd']:.4f}, active components "
                   f"{m['active_units']}/{report['latent_dim']}.", highlight=False)
     for warning in report["warnings"]:
@@ -161,6 +167,14 @@ def _show_eval(report: dict, out: Path) -> None:
         table.add_row("reconstruction MSE / PSNR", "", "", f"MSE {m['mse']:.2f} (0..255 units, to_uint8 of the "
                       f"decoder mean at mu), PSNR {m['psnr']:.2f} dB")
     table.add_row("active components", "", "", f"{m['active_units']} / {d} (Var(mu) > {report['active_threshold']:g})")
+    quality = report["sample_quality"]
+    if quality:
+        table.add_row("Fréchet distance, judge features", "", "",
+                      f"reconstructions {quality['fd_reconstructions']:.3f}; prior samples "
+                      + ", ".join(f"T={t} {quality[f'fd_samples_t{t}']:.3f}" for t in ("0.2", "0.5", "1", "1.5"))
+                      + f"; other real images {quality['fd_real_reference']:.3f}")
+        table.add_row("mean-face PSNR", "", "", f"T=0.2 samples {quality['mean_face_psnr_t0.2']:.2f} dB, decode(0) "
+                      f"{quality['mean_face_psnr_decode_zero']:.2f} dB (to the train split's mean image)")
     table.add_row("harmonic metric", "", "", f"n {m['harmonic_n']:.4f}, k {m['harmonic_k']:.4f}, "
                   f"H {m['harmonic']:.4f}  ({HARMONIC_FORMULA}; lower is better)")
     console.print(table)
@@ -177,10 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--valid-shards", default=None,
                         help="fixed-sigma models: the split to fit one global sigma on (default: the sibling valid/)")
     parser.add_argument("--no-fit-sigma", action="store_true", help="skip the global-sigma fit of fixed-sigma models")
+    parser.add_argument("--judge", default=None,
+                        help="a classifier folder (python -m edit.classifier): also report Fréchet distances in its "
+                             "feature space (reconstructions, prior samples per temperature) and mean-face PSNRs")
+    parser.add_argument("--quality-images", type=int, default=1000, help="images the Fréchet distances use")
     args = parser.parse_args(argv)
     options = EvalOptions(loader=args.loader, batch_size=args.batch_size, seed=args.seed, samples=args.samples,
                           iw_samples=args.iw_samples, reconstructions=True, fit_sigma=not args.no_fit_sigma,
-                          valid_shards=args.valid_shards, num_workers=args.num_workers)
+                          valid_shards=args.valid_shards, num_workers=args.num_workers, judge=args.judge,
+                          quality_images=args.quality_images)
     return run(args, "eval", options, _show_eval)
 
 

@@ -43,6 +43,8 @@ class EvalOptions:
     fit_sigma: bool = True  # fixed-sigma models: also report bits/dim at one sigma fitted on the valid split
     valid_shards: str | None = None  # the split to fit sigma on; default: the evaluated split's sibling `valid`
     num_workers: int | None = None
+    judge: str | None = None  # a classifier folder: also measure sample quality in its feature space (rank 0)
+    quality_images: int = 1000  # images of the split (and of the sibling valid split) the Fréchet distances use
 
 
 def _identity(tensor: torch.Tensor) -> torch.Tensor:
@@ -103,6 +105,10 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
                         f"(Var[mu] > {ACTIVE_THRESHOLD:g}), fewer than a quarter: the posterior has largely "
                         f"collapsed, and a low H means little here")
     warnings += _data_warnings(loader.split.dataset, trained_on)
+    quality = None
+    if options.judge and rank == 0:
+        log(f"sample quality in the feature space of {options.judge} ({options.quality_images} images)")
+        quality = _sample_quality(vae, split_dir, options, device)
     return {
         "split": str(split_dir),
         "split_name": split_dir.name,
@@ -132,8 +138,25 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
         "per_component": {"kl": (sums["kl_per_dim"] / metrics["images"]).tolist(),
                           "mu_variance": variance.tolist()},
         "fixed_sigma": fixed,
+        "sample_quality": quality,
         "warnings": warnings,
     }
+
+
+def _sample_quality(vae: VAE, split_dir: Path, options: EvalOptions, device) -> dict:
+    from eval.sample_quality import sample_quality, split_images, split_mean_image
+    from model.classifier import load_classifier
+
+    siblings = {name: split_dir.parent / name for name in ("train", "valid")}
+    for name, path in siblings.items():
+        if not path.is_dir():
+            raise EvalError(f"{path}: --judge also needs the {name} split beside {split_dir} (the mean face comes "
+                            f"from train, the real-vs-real reference distance from valid)")
+    judge, _ = load_classifier(options.judge, device)
+    images = split_images(split_dir, options.quality_images)
+    reference = split_images(siblings["valid"], options.quality_images)
+    return {"judge": options.judge, **sample_quality(vae, judge, images, split_mean_image(siblings["train"]),
+                                                      reference, options.seed, options.batch_size)}
 
 
 def _fit_sigma(vae, split_dir, options, device, rank, world_size, reduce_sum, warnings, log) -> dict | None:

@@ -27,12 +27,13 @@ class ResNeXtBottleneck(nn.Module):
         mid_ratio: float = 0.5,
         se_ratio: float = 0.25,
         layer_scale_init: float = 1e-2,
+        norm: bool = True,
     ):
         super().__init__()
         mid = max(4, int(round(channels * mid_ratio)))
-        self.reduce = ConvNormAct(channels, mid, kernel_size=1)
-        self.conv = ConvNormAct(mid, mid, kernel_size=3, groups=num_groups(mid))
-        self.expand = ConvNormAct(mid, channels, kernel_size=1, act=False)
+        self.reduce = ConvNormAct(channels, mid, kernel_size=1, norm=norm)
+        self.conv = ConvNormAct(mid, mid, kernel_size=3, groups=num_groups(mid), norm=norm)
+        self.expand = ConvNormAct(mid, channels, kernel_size=1, act=False, norm=norm)
         self.se = SqueezeExcite(channels, rd_ratio=se_ratio)
         self.ls = LayerScale(channels, layer_scale_init)
 
@@ -101,20 +102,35 @@ class UpBlock(nn.Module):
     """Double H and W: GroupNorm -> SiLU -> bilinear x2 -> 3x3 conv, plus the DC-AE channel-to-space shortcut.
 
     Norm and activation run before the upsample, at the low resolution, where they are 4x cheaper.
+    norm=False: no GroupNorm (the norm-free decoder). mode="pixel_shuffle": the branch is a 1x1 conv at the low resolution to 4*out channels, then
+    pixel_shuffle(2) (a learned 2x2 transposed conv): 9x fewer multiply-adds than the 3x3 conv at the high
+    resolution, which is what dominates the CPU cost of the last (full-resolution) upsample.
     """
 
-    def __init__(self, in_channels: int, out_channels: int):
+    MODES = ("bilinear", "pixel_shuffle")
+
+    def __init__(self, in_channels: int, out_channels: int, mode: str = "bilinear", norm: bool = True):
         super().__init__()
         if (4 * out_channels) % in_channels != 0:
             raise ValueError(
                 f"UpBlock: 4*out_channels ({4 * out_channels}) must be divisible by in_channels "
                 f"({in_channels}) for the DC-AE channel-duplication shortcut"
             )
+        if mode not in self.MODES:
+            raise ValueError(f"UpBlock mode must be one of {self.MODES}, got {mode!r}")
         self.out_channels = out_channels
-        self.norm = nn.GroupNorm(num_groups(in_channels), in_channels, eps=1e-6)
+        self.mode = mode
+        self.norm = nn.GroupNorm(num_groups(in_channels), in_channels, eps=1e-6) if norm else nn.Identity()
         self.act = nn.SiLU()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        if mode == "bilinear":
+            self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        else:
+            self.conv = nn.Conv2d(in_channels, 4 * out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.interpolate(self.act(self.norm(x)), scale_factor=2, mode="bilinear", align_corners=False)
-        return self.conv(h) + channel_to_space_shortcut(x, self.out_channels)
+        h = self.act(self.norm(x))
+        if self.mode == "bilinear":
+            h = self.conv(F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False))
+        else:
+            h = F.pixel_shuffle(self.conv(h), 2)
+        return h + channel_to_space_shortcut(x, self.out_channels)

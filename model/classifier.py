@@ -98,6 +98,11 @@ class AttributeClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.stem(x)).flatten(1)
 
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map averaged over positions, [B, C]: a compact embedding for distances between sets
+        of images (a Fréchet distance needs far more images than the flattened map has dimensions)."""
+        return self.body(self.stem(x)).mean((2, 3))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 

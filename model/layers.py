@@ -29,7 +29,8 @@ def num_groups(channels: int, max_groups: int = 32, min_group_width: int = 4) ->
 class ConvNormAct(nn.Sequential):
     """Conv2d -> GroupNorm -> SiLU (Stable-Diffusion style). `act=False` leaves the SiLU out.
 
-    The conv has no bias because GroupNorm's affine shift follows it.
+    The conv has no bias because GroupNorm's affine shift follows it. `norm=False` (the norm-free decoder,
+    VAEConfig.decoder_norm="none") puts an Identity in the norm's place and gives the conv a bias.
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class ConvNormAct(nn.Sequential):
         stride: int = 1,
         groups: int = 1,
         act: bool = True,
+        norm: bool = True,
     ):
         conv = nn.Conv2d(
             in_channels,
@@ -48,9 +50,9 @@ class ConvNormAct(nn.Sequential):
             stride=stride,
             padding=kernel_size // 2,
             groups=groups,
-            bias=False,
+            bias=not norm,
         )
-        norm = nn.GroupNorm(num_groups(out_channels), out_channels, eps=1e-6)
+        norm = nn.GroupNorm(num_groups(out_channels), out_channels, eps=1e-6) if norm else nn.Identity()
         super().__init__(conv, norm, nn.SiLU() if act else nn.Identity())
 
 

@@ -18,8 +18,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from model.likelihood import (NUM_DIMS, active_units, bits_per_dim, discretized_gaussian_nll, gaussian_nll,
-                              harmonic_metric, kl_diag_gaussian_per_dim, psnr_db, to_model_range, to_uint8)
+from model.likelihood import (NUM_DIMS, active_units, bits_per_dim, decoder_nll, discretized_gaussian_nll,
+                              gaussian_nll, harmonic_metric, kl_diag_gaussian_per_dim, psnr_db, to_model_range,
+                              to_uint8)
 from model.vae import VAE
 
 SumReducer = Callable[[torch.Tensor], torch.Tensor]
@@ -115,10 +116,11 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
         log_w = torch.empty(len(weight), iw_samples, dtype=torch.float64, device=device)
         for j in range(draws):  # one decoder pass per draw keeps memory at one batch
             z = mu + std * eps[j]
-            x_mean, x_logvar = vae.decode(z)
-            discretized = discretized_gaussian_nll(images, x_mean, x_logvar).double()
+            x_mean, x_params = vae.decode(z)
+            nll = decoder_nll(vae.cfg, images, x_mean, x_params)
+            discretized = nll.discretized.double()
             if j < samples:
-                per_image["gaussian_nll"] += gaussian_nll(x, x_mean, x_logvar).double() / samples
+                per_image["gaussian_nll"] += nll.train.double() / samples
                 per_image["discretized_nll"] += discretized / samples
                 if fixed_logvar is not None:
                     fixed = torch.tensor(fixed_logvar, device=device)
@@ -179,6 +181,8 @@ def summarize(sums: dict, latent_dim: int, num_dims: int = NUM_DIMS) -> dict[str
         raise ValueError("no samples were evaluated")
     mean = {name: value / count for name, value in totals.items()}
     harmonic = harmonic_metric(mean["discretized_nll"], mean["kl"], latent_dim=latent_dim, num_dims=num_dims)
+    continuous = harmonic_metric(mean["gaussian_nll"], mean["kl"], latent_dim=latent_dim, num_dims=num_dims)
+    per_pixel = harmonic_metric(mean["discretized_nll"], mean["kl"], latent_dim=latent_dim, num_dims=num_dims // 3)
     out = {
         "images": int(count),
         "gaussian_nll": mean["gaussian_nll"],
@@ -192,6 +196,12 @@ def summarize(sums: dict, latent_dim: int, num_dims: int = NUM_DIMS) -> dict[str
         "harmonic_n": harmonic.n,
         "harmonic_k": harmonic.k,
         "harmonic": harmonic.h,
+        # Other readings a course may use (SPEC section 4), not the project's: n from the continuous training
+        # NLL (a density: can be negative, then H means nothing), and n per pixel (D / 3) instead of per sub-pixel.
+        "harmonic_continuous_n": continuous.n,
+        "harmonic_continuous": continuous.h,
+        "harmonic_per_pixel_n": per_pixel.n,
+        "harmonic_per_pixel": per_pixel.h,
         "active_units": active_units(mu_variance(sums).float(), ACTIVE_THRESHOLD),
     }
     if "iw_nll" in mean:

@@ -23,8 +23,7 @@ import torch.nn as nn
 
 from .blocks import DownBlock, ResNeXtBottleneck, UpBlock
 from .layers import num_groups
-
-LIKELIHOODS = ("gaussian_fixed", "gaussian_learned")
+from .likelihood import LIKELIHOODS, logistic_mixture_mean, mixture_channels
 
 
 @dataclass
@@ -39,7 +38,19 @@ class VAEConfig:
     # smallest multiple of 8 (at least 16) with r*r*Cb >= 2*latent_dim, so the Linear never has
     # fewer inputs than the (mu, logvar) it must produce.
     bottleneck_channels: int | None = None
-    likelihood: str = "gaussian_learned"  # "gaussian_fixed" | "gaussian_learned"
+    # Decoder likelihood (model.likelihood.decoder_nll scores every one):
+    #   "gaussian_fixed"    isotropic Gaussian, sigma fixed at exp(fixed_logvar / 2) (i.e. MSE);
+    #   "gaussian_learned"  per-pixel learned log-variance, clamped to logvar_range;
+    #   "gaussian_shared"   one shared sigma (sigma-VAE, Rybkin et al. 2021): in a training-mode forward sigma^2
+    #                       is the batch's closed-form optimum, the mean squared error; a running average of
+    #                       it (buffer decoder.shared_logvar, saved with the weights) is the one global sigma
+    #                       that decode() and every evaluation use;
+    #   "logistic_mixture"  discretized mixture of num_mixtures logistics with coupled channel means
+    #                       (PixelCNN++'s output layer); its mean image is the mixture mean.
+    likelihood: str = "gaussian_learned"
+    num_mixtures: int = 10  # components of the logistic mixture (10K decoder output channels)
+    # Running average of the shared sigma^2: decay min(shared_sigma_decay, (1 + n) / (10 + n)) at update n.
+    shared_sigma_decay: float = 0.99
     # Clamp of the learned per-pixel decoder log-variance, model units (pixels in [-1, 1], one grey
     # level = 2/255). Low end: exp(-10/2) = 0.0067 = 0.86 grey level, i.e. the decoder may become
     # about as certain as one quantisation bin (where the continuous density still approximates the
@@ -48,10 +59,23 @@ class VAEConfig:
     # decoder can give up on a pixel (the seed's artifact source). The seed's (-3, 3) would floor
     # sigma at 0.22 = 29 grey levels and cap the achievable bits/dim.
     logvar_range: tuple[float, float] = (-10.0, 1.0)
-    # Decoder log-variance of the fixed-sigma head: sigma = exp(-4.6/2) = 0.1 (13 grey levels).
+    # Decoder log-variance of the fixed-sigma head: sigma = exp(-4.6/2) = 0.1 (13 grey levels); also the
+    # shared-sigma head's starting value.
     fixed_logvar: float = -4.6
     # Safety clamp of the encoder's log-variance: keeps exp() finite in bf16/fp32, never binds in practice.
     enc_logvar_range: tuple[float, float] = (-30.0, 20.0)
+    # The decoder's last UpBlock (to full resolution): "bilinear" (bilinear x2 then a 3x3 conv at full
+    # resolution, the seed's) or "pixel_shuffle" (1x1 conv at half resolution then pixel_shuffle: 9x fewer
+    # multiply-adds where the CPU spends most). The other UpBlocks are always bilinear.
+    last_upsample: str = "bilinear"
+    # Normalisation in the decoder: "group" (GroupNorm everywhere, the seed's) or "none" (no norm layer in the
+    # decoder; convs get biases; LayerScale keeps the residual blocks near identity at init, as in VDVAE's
+    # norm-free decoder). GroupNorm divides out the magnitude of the z-driven features, so a decoder built
+    # from it answers z = 0.2 eps with nearly the structure of z = eps (the temperature grid shows blobs at
+    # every temperature); without it, the decoder is closer to linear in small z and low temperatures decode
+    # to an average face. The encoder always uses GroupNorm.
+    decoder_norm: str = "group"
+    head_kernel_size: int = 3  # kernel of the decoder's output conv (3, or 1 for a cheap full-resolution head)
     mid_ratio: float = 0.5  # ResNeXt bottleneck width / block width
     se_ratio: float = 0.25  # SE hidden width / block width
     layer_scale_init: float = 1e-2
@@ -68,6 +92,16 @@ class VAEConfig:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.image_size % (2 ** len(self.channels)) != 0:
             raise ValueError(f"image_size {self.image_size} not divisible by 2**{len(self.channels)}")
+        if self.last_upsample not in UpBlock.MODES:
+            raise ValueError(f"last_upsample must be one of {UpBlock.MODES}, got {self.last_upsample!r}")
+        if self.decoder_norm not in ("group", "none"):
+            raise ValueError(f"decoder_norm must be 'group' or 'none', got {self.decoder_norm!r}")
+        if self.head_kernel_size not in (1, 3):
+            raise ValueError(f"head_kernel_size must be 1 or 3, got {self.head_kernel_size}")
+        if self.likelihood == "logistic_mixture" and self.num_mixtures < 1:
+            raise ValueError(f"num_mixtures must be >= 1, got {self.num_mixtures}")
+        if not 0.0 <= self.shared_sigma_decay < 1.0:
+            raise ValueError(f"shared_sigma_decay must be in [0, 1), got {self.shared_sigma_decay}")
         if not self.logvar_range[0] < self.logvar_range[1]:
             raise ValueError(f"logvar_range must be (low, high) with low < high, got {self.logvar_range}")
         # DownBlock(c_i -> c_{i+1}) and UpBlock(c_{i+1} -> c_i) both need 4*c_i % c_{i+1} == 0.
@@ -88,6 +122,8 @@ class VAEConfig:
 
     @property
     def out_channels(self) -> int:
+        if self.likelihood == "logistic_mixture":
+            return mixture_channels(self.num_mixtures, self.in_channels)
         return self.in_channels * (2 if self.likelihood == "gaussian_learned" else 1)
 
     @classmethod
@@ -118,12 +154,19 @@ class VAEOutput(NamedTuple):
     logvar: torch.Tensor  # [B, latent] posterior log-variance
     z: torch.Tensor  # [B, latent] sample (or mu when sample_posterior=False)
     x_mean: torch.Tensor  # [B, 3, H, W] decoder mean, model units
-    x_logvar: torch.Tensor  # [B, 3, H, W] learned, or a 0-dim tensor for the fixed head
+    # The decoder's distribution parameters (see x_params): [B, 3, H, W] learned log-variance, a 0-dim
+    # log-variance (fixed or shared sigma), or the [B, 10K, H, W] logistic-mixture parameters.
+    x_logvar: torch.Tensor
+
+    @property
+    def x_params(self) -> torch.Tensor:
+        """What model.likelihood.decoder_nll takes beside x_mean (the same tensor as x_logvar)."""
+        return self.x_logvar
 
 
-def _blocks(channels: int, depth: int, cfg: VAEConfig) -> nn.Sequential:
+def _blocks(channels: int, depth: int, cfg: VAEConfig, norm: bool = True) -> nn.Sequential:
     return nn.Sequential(
-        *[ResNeXtBottleneck(channels, cfg.mid_ratio, cfg.se_ratio, cfg.layer_scale_init) for _ in range(depth)]
+        *[ResNeXtBottleneck(channels, cfg.mid_ratio, cfg.se_ratio, cfg.layer_scale_init, norm) for _ in range(depth)]
     )
 
 
@@ -168,8 +211,9 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z [B, latent_dim] -> (x_mean, x_logvar); x_logvar is [B, C, H, W] (learned head, clamped) or
-    a 0-dim tensor holding cfg.fixed_logvar (fixed head)."""
+    """z [B, latent_dim] -> (x_mean, x_params). x_params: [B, C, H, W] log-variance (learned head, clamped),
+    a 0-dim log-variance (cfg.fixed_logvar, or the buffer shared_logvar of the shared-sigma head), or the
+    [B, 10K, H, W] logistic-mixture parameters, whose mean image is x_mean."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -177,17 +221,33 @@ class Decoder(nn.Module):
         widths = cfg.channels + cfg.channels[-1:]
         r, cb, c = cfg.latent_resolution, cfg.bottleneck_channels, widths[-1]
         self.from_latent = nn.Linear(cfg.latent_dim, r * r * cb)
+        norm = cfg.decoder_norm == "group"
         self.conv_in = nn.Conv2d(cb, c, 3, padding=1)
-        self.mid = _blocks(c, cfg.mid_depth, cfg)
+        self.mid = _blocks(c, cfg.mid_depth, cfg, norm)
         # Mirror of the encoder, lowest resolution first.
         self.stages = nn.ModuleList(
-            nn.Sequential(UpBlock(widths[i + 1], widths[i]), _blocks(widths[i], cfg.depths[i], cfg))
+            nn.Sequential(
+                UpBlock(widths[i + 1], widths[i], cfg.last_upsample if i == 0 else "bilinear", norm),
+                _blocks(widths[i], cfg.depths[i], cfg, norm),
+            )
             for i in reversed(range(len(cfg.channels)))
         )
         c0 = cfg.channels[0]
-        self.norm_out = nn.GroupNorm(num_groups(c0), c0, eps=1e-6)
+        self.norm_out = nn.GroupNorm(num_groups(c0), c0, eps=1e-6) if norm else nn.Identity()
         self.act = nn.SiLU()
-        self.conv_out = nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(c0, cfg.out_channels, cfg.head_kernel_size, padding=cfg.head_kernel_size // 2)
+        if cfg.likelihood == "gaussian_shared":
+            self.register_buffer("shared_logvar", torch.tensor(float(cfg.fixed_logvar)))
+            self.register_buffer("shared_updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update_shared_sigma(self, batch_logvar: torch.Tensor) -> None:
+        """Fold one batch's optimal log sigma^2 into the running shared_logvar (an average of sigma^2)."""
+        n = float(self.shared_updates)
+        decay = min(self.cfg.shared_sigma_decay, (1.0 + n) / (10.0 + n))
+        var = torch.lerp(self.shared_logvar.exp(), batch_logvar.detach().float().exp(), 1.0 - decay)
+        self.shared_logvar.copy_(var.log().clamp(*self.cfg.logvar_range))
+        self.shared_updates += 1
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
@@ -200,6 +260,10 @@ class Decoder(nn.Module):
         if cfg.likelihood == "gaussian_learned":
             mean, logvar = out.chunk(2, dim=1)
             return mean, logvar.clamp(*cfg.logvar_range)
+        if cfg.likelihood == "logistic_mixture":
+            return logistic_mixture_mean(out), out
+        if cfg.likelihood == "gaussian_shared":
+            return out, self.shared_logvar.clone()
         return out, torch.full((), cfg.fixed_logvar, device=out.device, dtype=out.dtype)
 
 
@@ -230,6 +294,12 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, generator) if sample_posterior else mu
         x_mean, x_logvar = self.decode(z)
+        if self.cfg.likelihood == "gaussian_shared" and self.training:
+            # sigma-VAE: the batch's closed-form optimal sigma^2 = MSE over every sub-pixel of the batch.
+            # Detached: at the optimum d(loss)/d(sigma) = 0, so the gradient to the mean is the same either way.
+            mse = (x.detach().float() - x_mean.detach().float()).square().mean()
+            x_logvar = mse.log().clamp(*self.cfg.logvar_range)
+            self.decoder.update_shared_sigma(x_logvar)
         return VAEOutput(mu, logvar, z, x_mean, x_logvar)
 
     @torch.no_grad()

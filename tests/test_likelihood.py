@@ -226,3 +226,181 @@ def test_harmonic_metric_hand_values():
 def test_active_units():
     assert active_units(torch.tensor([0.5, 0.001, 0.02, 0.01])) == 2  # strictly greater than 0.01
     assert active_units(torch.tensor([0.5, 0.001, 0.02]), threshold=0.6) == 0
+
+
+# ----------------------------------------------------------------------------- discretized logistic mixture
+
+import numpy as np  # noqa: E402
+
+from model.likelihood import (  # noqa: E402
+    LIKELIHOODS,
+    decoder_nll,
+    discretized_logistic_mixture_nll,
+    discretized_logistic_mixture_nll_per_pixel,
+    logistic_mixture_mean,
+    split_mixture_params,
+)
+
+
+def _mixture_params(k: int, h: int = 1, w: int = 1, b: int = 1, seed: int = 0, scale_shift: float = -2.5):
+    """Random raw parameters [b, 10k, h, w] in this project's layout (logits | means | log_scales | coeffs)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, k, h, w, generator=g)
+    means = 0.6 * torch.randn(b, 3 * k, h, w, generator=g)
+    log_scales = scale_shift + 0.7 * torch.randn(b, 3 * k, h, w, generator=g)
+    coeffs = torch.randn(b, 3 * k, h, w, generator=g)
+    return torch.cat([logits, means, log_scales, coeffs], dim=1)
+
+
+def _reference_mixture_log_prob(x: np.ndarray, raw: np.ndarray, mpmath) -> float:
+    """Independent reference for one pixel: x [3] uint8, raw [10K] (this project's layout), in 40-digit mpmath.
+
+    Written from the PixelCNN++ definition with plain sigmoid differences (no log-space tricks: the precision
+    makes them unnecessary down to masses of 1e-35) and explicit loops over components and channels.
+    """
+    mp = mpmath.mp
+    k = raw.shape[0] // 10
+    logits, rest = raw[:k], raw[k:].reshape(3, 3, k)
+    means, log_scales, coeffs = rest[0], np.clip(rest[1], -7.0, 7.0), rest[2]
+    xv = [mp.mpf(int(v)) / mp.mpf("127.5") - 1 for v in x]
+    sig = lambda t: 1 / (1 + mp.exp(-t))  # noqa: E731
+    weights = [mp.exp(mp.mpf(float(v))) for v in logits]
+    total = mp.mpf(0)
+    for j in range(k):
+        c = [mp.tanh(mp.mpf(float(v))) for v in coeffs[:, j]]
+        m = [mp.mpf(float(v)) for v in means[:, j]]
+        locs = [m[0], m[1] + c[0] * xv[0], m[2] + c[1] * xv[0] + c[2] * xv[1]]
+        prob = weights[j] / sum(weights)
+        for ch in range(3):
+            s = mp.exp(mp.mpf(float(log_scales[ch, j])))
+            upper = 1 if x[ch] == 255 else sig((mp.mpf(int(x[ch]) - 127) / mp.mpf("127.5") - locs[ch]) / s)
+            lower = 0 if x[ch] == 0 else sig((mp.mpf(int(x[ch]) - 128) / mp.mpf("127.5") - locs[ch]) / s)
+            prob *= upper - lower
+        total += prob
+    return float(mp.log(total))
+
+
+def test_mixture_matches_independent_mpmath_reference():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    k, n = 4, 64
+    raw = _mixture_params(k, h=n, w=1, seed=1)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (1, 3, n, 1), generator=g, dtype=torch.uint8)
+    x[0, :, :6, 0] = torch.tensor([[0, 0, 0], [255, 255, 255], [0, 255, 0], [255, 0, 128], [1, 254, 127], [128, 128, 128]]).T
+    nll = discretized_logistic_mixture_nll_per_pixel(x, raw)  # [1, n, 1]
+    assert nll.shape == (1, n, 1)
+    ref = [-_reference_mixture_log_prob(x[0, :, i, 0].numpy(), raw[0, :, i, 0].double().numpy(), mpmath)
+           for i in range(n)]
+    torch.testing.assert_close(nll[0, :, 0].double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(discretized_logistic_mixture_nll(x, raw), nll.sum().reshape(1))
+
+
+def test_mixture_masses_sum_to_one_over_all_rgb_triples():
+    """Enumerate all 256^3 RGB values of one pixel for a 3-component mixture: the joint masses sum to 1."""
+    k = 3
+    raw = _mixture_params(k, seed=3, scale_shift=-3.0)  # [1, 30, 1, 1]
+    gb = torch.stack(torch.meshgrid(torch.arange(256), torch.arange(256), indexing="ij"))  # [2, 256, 256]
+    params = raw.expand(1, 10 * k, 256, 256)
+    total = torch.zeros((), dtype=torch.float64)
+    for r in range(256):
+        x = torch.cat([torch.full((1, 256, 256), r), gb]).unsqueeze(0).to(torch.uint8)
+        total += torch.exp(-discretized_logistic_mixture_nll_per_pixel(x, params).double()).sum()
+    assert abs(total.item() - 1.0) < 1e-4, total
+
+
+def test_mixture_per_channel_masses_sum_to_one_for_narrow_and_wide_scales():
+    """For every conditioning value, each channel's 256 bins sum to 1, even for scales far below a grey level."""
+    for log_scale, mean in [(-7.0, 0.3), (-7.0, 5.0), (0.0, -0.2), (5.0, 0.0), (-5.5, -1.0)]:
+        raw = torch.zeros(1, 10, 256, 1)
+        raw[:, 1:4] = mean  # K = 1: means for R, G, B
+        raw[:, 4:7] = log_scale
+        raw[:, 7:10] = 0.0  # no coupling: the channels are independent
+        x = torch.arange(256, dtype=torch.uint8).view(1, 1, 256, 1).expand(1, 3, 256, 1).contiguous()
+        # with identical, uncoupled channels p(x,x,x) = p1(x)^3, so sum_x p(x,x,x)^(1/3) = sum_x p1(x) = 1
+        p1 = torch.exp(-discretized_logistic_mixture_nll_per_pixel(x, raw).double() / 3)
+        assert abs(p1.sum().item() - 1.0) < 1e-5, (log_scale, mean, p1.sum())
+
+
+def test_mixture_extreme_tail_against_mpmath():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    for x_val, mean, log_scale in [(100, 0.9, -7.0), (3, -0.5, -6.0), (0, 3.0, -7.0), (255, -3.0, -7.0), (200, 0.55, -7.0)]:
+        raw = torch.zeros(1, 10, 1, 1)
+        raw[:, 1:4], raw[:, 4:7] = mean, log_scale
+        x = torch.full((1, 3, 1, 1), x_val, dtype=torch.uint8)
+        s = mpmath.e ** mpmath.mpf(log_scale)
+        sig = lambda t: 1 / (1 + mpmath.e ** (-t))  # noqa: E731
+        lo = mpmath.mpf(x_val - 128) / mpmath.mpf("127.5")
+        hi = mpmath.mpf(x_val - 127) / mpmath.mpf("127.5")
+        # 1 - sig(t) = sig(-t): write each mass as a difference of two small numbers (no 1 - 1 at 50 digits)
+        if x_val == 255:
+            mass = sig(-(lo - mean) / s)
+        elif x_val == 0:
+            mass = sig((hi - mean) / s)
+        elif lo + hi > 2 * mean:
+            mass = sig(-(lo - mean) / s) - sig(-(hi - mean) / s)
+        else:
+            mass = sig((hi - mean) / s) - sig((lo - mean) / s)
+        expected = float(-3 * mpmath.log(mass))
+        got = discretized_logistic_mixture_nll_per_pixel(x, raw).item()
+        assert math.isfinite(got)
+        assert got == pytest.approx(expected, rel=1e-5), (x_val, mean, log_scale, got, expected)
+
+
+def test_mixture_gradients_finite_at_extremes():
+    k = 2
+    values = [0, 1, 127, 254, 255]
+    n = len(values) ** 3
+    x = torch.tensor([[r, g, b] for r in values for g in values for b in values], dtype=torch.uint8).T.reshape(1, 3, n, 1)
+    for mean, log_scale, logit in [(0.0, -50.0, 0.0), (1e4, -7.0, 80.0), (-1e4, -7.0, -80.0), (0.0, 50.0, 0.0),
+                                   (1.0, -7.0, 0.0), (-1.0, -7.0, 0.0), (1e6, 50.0, 0.0),
+                                   (1e15, -7.0, 0.0), (-1e15, 50.0, 0.0)]:
+        raw = torch.zeros(1, 10 * k, n, 1)
+        raw[:, :k] = torch.tensor([logit, -logit]).view(1, k, 1, 1)
+        raw[:, k:4 * k] = mean
+        raw[:, 4 * k:7 * k] = log_scale
+        raw[:, 7 * k:] = torch.tensor([-30.0, 0.5] * 3).view(1, 3 * k, 1, 1)
+        raw.requires_grad_(True)
+        nll = discretized_logistic_mixture_nll(x, raw)
+        assert torch.isfinite(nll).all() and (nll >= 0).all()
+        nll.sum().backward()
+        assert torch.isfinite(raw.grad).all(), (mean, log_scale, logit)
+
+
+def test_mixture_mean_matches_monte_carlo_with_coupling():
+    k = 3
+    raw = _mixture_params(k, seed=4, scale_shift=-3.0)
+    p = split_mixture_params(raw)
+    g = torch.Generator().manual_seed(5)
+    n = 400_000
+    comp = torch.multinomial(torch.softmax(p.logit_probs[0, :, 0, 0], 0), n, replacement=True, generator=g)
+    u = torch.rand(3, n, generator=g, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    noise = torch.log(u) - torch.log1p(-u)  # standard logistic
+    loc, s, c = p.means[0, :, :, 0, 0].double(), p.log_scales[0, :, :, 0, 0].double().exp(), p.coeffs[0, :, :, 0, 0].double()
+    r = loc[0, comp] + s[0, comp] * noise[0]
+    gg = loc[1, comp] + c[0, comp] * r + s[1, comp] * noise[1]
+    b = loc[2, comp] + c[1, comp] * r + c[2, comp] * gg + s[2, comp] * noise[2]
+    mc = torch.stack([r.mean(), gg.mean(), b.mean()])
+    mean = logistic_mixture_mean(raw)[0, :, 0, 0].double()
+    assert (mean - mc).abs().max() < 3e-3, (mean, mc)
+
+
+def test_decoder_nll_gaussians_unchanged_and_mixture_is_discretized():
+    g = torch.Generator().manual_seed(6)
+    x8 = torch.randint(0, 256, (2, 3, 8, 8), generator=g, dtype=torch.uint8)
+    mean = torch.randn(2, 3, 8, 8, generator=g) * 0.5
+    logvar = torch.randn(2, 3, 8, 8, generator=g) - 4
+    for name, lv in [("gaussian_learned", logvar), ("gaussian_fixed", torch.tensor(-4.6)), ("gaussian_shared", torch.tensor(-5.0))]:
+        terms = decoder_nll(name, x8, mean, lv)
+        torch.testing.assert_close(terms.train, gaussian_nll(to_model_range(x8), mean, lv))
+        torch.testing.assert_close(terms.discretized, discretized_gaussian_nll(x8, mean, lv))
+    raw = _mixture_params(5, 8, 8, b=2)
+    terms = decoder_nll("logistic_mixture", x8, logistic_mixture_mean(raw), raw)
+    torch.testing.assert_close(terms.train, discretized_logistic_mixture_nll(x8, raw))
+    assert torch.equal(terms.train, terms.discretized)
+    assert set(LIKELIHOODS) == {"gaussian_fixed", "gaussian_learned", "gaussian_shared", "logistic_mixture"}
+    with pytest.raises(ValueError):
+        decoder_nll("bernoulli", x8, mean, logvar)
+    with pytest.raises(TypeError):
+        decoder_nll("logistic_mixture", x8.float(), mean, raw)

@@ -3,11 +3,14 @@
 Sizes are tiny so the file runs in seconds on 2 CPU cores.
 """
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model import PRESETS, VAE, VAEConfig, create_vae, gaussian_nll, kl_diag_gaussian
+from model import (LIKELIHOODS, PRESETS, VAE, VAEConfig, create_vae, decoder_nll, gaussian_nll, kl_diag_gaussian,
+                   logistic_mixture_mean, to_model_range)
 from model.blocks import (
     DownBlock,
     ResNeXtBottleneck,
@@ -209,18 +212,63 @@ def test_fixed_head_returns_constant_logvar():
     assert vae.decoder.conv_out.out_channels == 3
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian_fixed", "gaussian_learned"])
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_forward_backward(likelihood):
-    vae = VAE(VAEConfig(likelihood=likelihood, latent_dim=64, **SMALL))
-    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    vae = VAE(VAEConfig(likelihood=likelihood, latent_dim=64, num_mixtures=3, **SMALL))
+    x8 = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    x = to_model_range(x8)
     out = vae(x)
     assert out.z.shape == out.mu.shape == out.logvar.shape == (3, 64)
     assert out.x_mean.shape == (3, 3, 64, 64)
-    loss = (gaussian_nll(x, out.x_mean, out.x_logvar) + kl_diag_gaussian(out.mu, out.logvar)).mean()
+    nll = decoder_nll(vae.cfg, x8, out.x_mean, out.x_params)
+    assert nll.train.shape == nll.discretized.shape == (3,) and (nll.discretized >= 0).all()
+    loss = (nll.train + kl_diag_gaussian(out.mu, out.logvar)).mean()
     loss.backward()
     for name, p in vae.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert vae.encoder.stem.weight.grad.abs().sum() > 0  # the gradient reaches the input layer
+
+
+def test_mixture_head_returns_params_and_their_mean():
+    cfg = VAEConfig(likelihood="logistic_mixture", num_mixtures=4, latent_dim=32, **SMALL)
+    vae = VAE(cfg)
+    assert vae.decoder.conv_out.out_channels == 40
+    mean, params = vae.decode(torch.randn(2, 32))
+    assert params.shape == (2, 40, 64, 64) and mean.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(mean, logistic_mixture_mean(params))
+    with pytest.raises(ValueError):
+        VAEConfig(likelihood="logistic_mixture", num_mixtures=0)
+
+
+def test_shared_sigma_is_the_batch_optimum_in_training_and_the_running_value_in_eval():
+    cfg = VAEConfig(likelihood="gaussian_shared", latent_dim=16, shared_sigma_decay=0.5, **SMALL)
+    vae = VAE(cfg)
+    assert vae.decoder.conv_out.out_channels == 3
+    assert vae.decoder.shared_logvar.item() == pytest.approx(cfg.fixed_logvar)  # the starting value
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    out = vae.train()(x)
+    mse = (x - out.x_mean).square().mean()
+    assert out.x_logvar.dim() == 0
+    torch.testing.assert_close(out.x_logvar, mse.log())
+    # the closed form is the optimum of the batch's Gaussian NLL over one shared log-variance
+    for delta in (-0.05, 0.05):
+        assert gaussian_nll(x, out.x_mean, out.x_logvar).sum() < gaussian_nll(x, out.x_mean, out.x_logvar + delta).sum()
+    # update 0 has decay min(0.5, 1/10): the running sigma^2 moves 90 % of the way to the batch's
+    expected = math.log(0.1 * math.exp(cfg.fixed_logvar) + 0.9 * mse.item())
+    assert vae.decoder.shared_logvar.item() == pytest.approx(expected, rel=1e-5)
+    for _ in range(30):
+        vae(x)
+    running = vae.decoder.shared_logvar.item()
+    vae.eval()
+    assert vae(x).x_logvar.item() == running and vae.decode(out.mu)[1].item() == running
+    # saved with the weights, so eval and edit see the same global sigma
+    state = vae.state_dict()
+    assert "decoder.shared_logvar" in state
+    fresh = VAE(cfg)
+    fresh.load_state_dict(state)
+    assert fresh.decoder.shared_logvar.item() == running
+    # the Gaussian heads without a shared sigma keep their state-dict keys
+    assert not any("shared" in key for key in VAE(VAEConfig(latent_dim=16, **SMALL)).state_dict())
 
 
 def test_reparameterize_is_seedable_and_deterministic_mode_uses_mu():
@@ -238,9 +286,9 @@ def test_reparameterize_is_seedable_and_deterministic_mode_uses_mu():
     assert samples.shape == (3, 3, 64, 64)
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian_fixed", "gaussian_learned"])
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_bf16_autocast_keeps_outputs_float32(likelihood):
-    vae = VAE(VAEConfig(likelihood=likelihood, latent_dim=16, **SMALL))
+    vae = VAE(VAEConfig(likelihood=likelihood, latent_dim=16, num_mixtures=2, **SMALL))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = vae(torch.rand(2, 3, 64, 64) * 2 - 1)
     # the body runs in bf16, the output layers in float32 (bf16 is coarser than a grey level near 1)
@@ -291,3 +339,64 @@ def test_presets_build(preset):
 def test_any_latent_fits_any_preset(preset, latent_dim):
     cfg = VAEConfig.from_preset(preset, latent_dim=latent_dim)
     assert cfg.latent_resolution**2 * cfg.bottleneck_channels >= 2 * latent_dim
+
+
+# ----------------------------------------------------------------------------- CPU-cheap full-resolution options
+
+
+@pytest.mark.parametrize("cin, cout", [(32, 16), (64, 64), (16, 16)])
+def test_pixel_shuffle_up_block(cin, cout):
+    block = UpBlock(cin, cout, mode="pixel_shuffle")
+    assert block.conv.kernel_size == (1, 1) and block.conv.out_channels == 4 * cout
+    x = torch.randn(2, cin, 8, 8)
+    assert block(x).shape == (2, cout, 16, 16)
+    torch.nn.init.zeros_(block.conv.weight)
+    torch.nn.init.zeros_(block.conv.bias)
+    torch.testing.assert_close(block(x), channel_to_space_shortcut(x, cout))  # branch off: the DC-AE shortcut
+    with pytest.raises(ValueError):
+        UpBlock(cin, cout, mode="nearest")
+
+
+def test_cheap_full_resolution_config():
+    cfg = VAEConfig(last_upsample="pixel_shuffle", head_kernel_size=1, depths=(0, 1, 1), latent_dim=16,
+                    channels=(16, 32, 64), mid_depth=0)
+    vae = VAE(cfg)
+    ups = [stage[0] for stage in vae.decoder.stages]
+    assert [u.mode for u in ups] == ["bilinear", "bilinear", "pixel_shuffle"]  # only the last, full-res one
+    assert vae.decoder.conv_out.kernel_size == (1, 1)
+    assert len(vae.encoder.stages[0][0]) == 0 and len(vae.decoder.stages[-1][1]) == 0  # no full-res blocks
+    out = vae(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert out.x_mean.shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError):
+        VAEConfig(last_upsample="nearest")
+    with pytest.raises(ValueError):
+        VAEConfig(head_kernel_size=5)
+
+
+def test_norm_free_decoder():
+    cfg = VAEConfig(decoder_norm="none", latent_dim=16, **SMALL)
+    vae = VAE(cfg)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in vae.decoder.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in vae.encoder.modules())  # the encoder keeps GroupNorm
+    assert all(m.bias is not None for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv2d))
+    out = vae(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert out.x_mean.shape == (2, 3, 64, 64) and torch.isfinite(out.x_mean).all()
+    with pytest.raises(ValueError):
+        VAEConfig(decoder_norm="batch")
+
+
+def test_group_norm_decoder_is_nearly_scale_invariant_in_z_and_the_norm_free_one_is_not():
+    """Why decoder_norm="none" exists: GroupNorm divides out the size of the z-driven features, so at init a
+    GroupNorm decoder moves almost as far from decode(0) at temperature 0.2 as at 1.0 (blobs at every
+    temperature); the norm-free decoder moves about 0.2x as far."""
+    ratios = {}
+    for norm in ("group", "none"):
+        torch.manual_seed(0)
+        vae = VAE(VAEConfig(decoder_norm=norm, latent_dim=32, **SMALL)).eval()
+        eps = torch.randn(8, 32)
+        with torch.no_grad():
+            base = vae.decode(torch.zeros(8, 32))[0]
+            dev = {t: (vae.decode(t * eps)[0] - base).std().item() for t in (0.2, 1.0)}
+        ratios[norm] = dev[0.2] / dev[1.0]
+    assert ratios["group"] > 0.5, ratios
+    assert ratios["none"] < 0.3, ratios

@@ -244,5 +244,8 @@ def test_train_bench_times_variants_loaders_and_a_whole_epoch(synthetic_shards, 
     assert result["preset"] == "tiny" and [r["variant"] for r in result["rows"]] == ["eager-fp32", "eager-bf16",
                                                                                     "eager-fp32"]
     assert all(r["images_per_s"] > 0 and r["peak_gib"] is None for r in result["rows"])  # no CUDA memory here
+    # Counted operations: the tiny preset's convolutions and matmuls, forward + backward (0.47 GFLOP per image).
+    assert result["gflop_per_image"] == pytest.approx(0.474, rel=0.01)
+    assert result["rows"][0]["gflops"] == pytest.approx(result["rows"][0]["images_per_s"] * 0.474, rel=0.01)
     train_count = json.loads((synthetic_shards / "dataset.json").read_text())["counts"]["train"]
     assert result["epoch"]["epoch_images"] == train_count // 16 * 16 and result["epoch"]["epoch_seconds"] > 0

@@ -47,6 +47,19 @@ def make_step(preset: str, device: torch.device, compiled: bool, bf16: bool):
     return step
 
 
+def flops_per_image(preset: str, batch_size: int, device: torch.device) -> float:
+    """Floating-point operations of one eager fp32 forward + backward of the objective, per image (counted by
+    torch's FlopCounterMode: matmuls and convolutions, the bulk of the work)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    objective = VAEObjective(create_vae(preset).to(device))
+    images = torch.randint(0, 256, (batch_size, 3, 64, 64), dtype=torch.uint8, device=device)
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = objective(images, torch.tensor(1.0, device=device))
+        loss.backward()
+    return counter.get_total_flops() / batch_size
+
+
 def time_steps(step, batches, steps: int, warmup: int, device: torch.device) -> dict:
     """Run warm-up + timed steps pulling images from `batches`; returns images/s, the data-wait share and, on
     CUDA, the peak memory allocated during the timed steps."""
@@ -126,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         step = make_step(args.preset, device, compiled, bf16)
         rows.append({"feed": "on-device batch", "variant": variant,
                      **time_steps(step, repeat(first), args.steps, args.warmup, device)})
+    flops = flops_per_image(args.preset, args.batch_size, device)
+    for row in rows:
+        row["gflops"] = row["images_per_s"] * flops / 1e9  # achieved, from the counted operations
     ceiling = next(r for r in rows if r["variant"] == feed_variant)["images_per_s"]
     for kind in args.loaders.split(","):
         console.print(f"[dim]{kind} loader, {feed_variant} …")
@@ -140,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         step = make_step(args.preset, device, feed_variant.startswith("compiled"), feed_variant.endswith("bf16"))
         loader = make_loader("resident", split, args.batch_size, device, shuffle=True, drop_last=True)
         epoch = {"variant": feed_variant, **time_epoch(step, loader, [first] * args.warmup, device)}
-    table = Table(title=f"train step, preset {args.preset}, batch {args.batch_size}, {device.type}")
-    for column in ("feed", "variant", "img/s", "data wait", "vs on-device", "peak GiB"):
+    table = Table(title=f"train step, preset {args.preset} ({flops / 1e9:.3f} GFLOP per image forward + backward), "
+                        f"batch {args.batch_size}, {device.type}")
+    for column in ("feed", "variant", "img/s", "GFLOP/s", "data wait", "vs on-device", "peak GiB"):
         table.add_column(column, justify="left" if column in ("feed", "variant") else "right")
     for row in rows:
-        table.add_row(row["feed"], row["variant"], f"{row['images_per_s']:,.0f}", f"{100 * row['data_wait_share']:.1f}%",
+        table.add_row(row["feed"], row["variant"], f"{row['images_per_s']:,.0f}",
+                      f"{row['gflops']:,.1f}" if "gflops" in row else "", f"{100 * row['data_wait_share']:.1f}%",
                       f"{row['vs_on_device']:.2f}" if "vs_on_device" in row else "",
                       f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "")
     console.print(table)
@@ -153,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{epoch['epoch_seconds']:.1f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": platform.node(), "device": str(device), "torch": torch.__version__,
-                                     "preset": args.preset, "batch_size": args.batch_size, "rows": rows, "epoch": epoch},
+                                     "preset": args.preset, "batch_size": args.batch_size, "gflop_per_image": flops / 1e9,
+                                     "rows": rows, "epoch": epoch},
                                     indent=2) + "\n")
     return 0
 

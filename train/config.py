@@ -19,7 +19,7 @@ class TrainConfig:
     # model
     preset: str = "tiny"
     latent_dim: int = 0  # 0 = the preset's
-    likelihood: str = "gaussian_learned"  # gaussian_learned | gaussian_fixed
+    likelihood: str = "gaussian_learned"  # gaussian_learned | gaussian_fixed | gaussian_shared | logistic_mixture
     # optimisation
     batch_size: int = 32  # per process; the seed warns that very large batches collapse to the mean
     epochs: int = 10

@@ -10,8 +10,10 @@ import math
 import torch
 import torch.nn as nn
 
-from model import VAE, discretized_gaussian_nll, gaussian_nll, kl_diag_gaussian, to_model_range
+from model import VAE, decoder_nll, kl_diag_gaussian, to_model_range
 
+# "gaussian_nll" is the reconstruction term the loss differentiates: the continuous Gaussian NLL for the
+# Gaussian decoders, the discretized NLL itself for the logistic mixture (whose density is a probability).
 STAT_NAMES = ("loss", "gaussian_nll", "discretized_nll", "kl")
 
 
@@ -29,15 +31,13 @@ class VAEObjective(nn.Module):
         """
         x = to_model_range(images)
         out = self.vae(x)
-        nll = gaussian_nll(x, out.x_mean, out.x_logvar)
+        nll = decoder_nll(self.vae.cfg, images, out.x_mean, out.x_params)
         kl = kl_diag_gaussian(out.mu, out.logvar)
-        loss = nll + kl_weight * kl
+        loss = nll.train + kl_weight * kl
         if self.perceptual is not None:
             loss = loss + self.perceptual_weight * self.perceptual(out.x_mean.float(), x)
         loss = loss.mean()
-        with torch.no_grad():
-            discretized = discretized_gaussian_nll(images, out.x_mean.detach(), out.x_logvar.detach())
-            stats = torch.stack([loss.detach(), nll.detach().mean(), discretized.mean(), kl.detach().mean()])
+        stats = torch.stack([loss, nll.train.mean(), nll.discretized.mean(), kl.mean()]).detach()
         return loss, stats
 
 
