@@ -250,7 +250,9 @@ def metrics_section(page: Page, eval_json: Path | None, bonus_json: Path | None)
 HEALTH_FIGURES = (("reconstructions_epoch*.png", "reconstructions (decoder mean at μ), last epoch, EMA weights"),
                   ("samples_epoch*.png", "prior samples z = T·ε at temperatures T = 0.2, 0.5, 1.0, 1.5"),
                   ("interpolation_epoch*.png", "interpolation z = a·z₁ + (1−a)·z₂ between test images (μ)"),
-                  ("loss_curves.png", "KL and Gaussian NLL, train and valid (nats / image)"))
+                  ("loss_curves.png", "KL and Gaussian NLL, train and valid (nats / image)"),
+                  ("diagnostics.png", "bits/dim, the decoder's σ and the posterior's σ over training"),
+                  ("samples_init.png", "prior samples before training: what the untrained decoder draws"))
 
 
 def epoch_table(run: Path) -> str:

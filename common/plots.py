@@ -79,6 +79,32 @@ def save_loss_curves(path: Path, steps: Sequence[dict], epochs: Sequence[dict]) 
     return _save(fig, path)
 
 
+def save_diagnostics(path: Path, steps: Sequence[dict], epochs: Sequence[dict]) -> Path:
+    """Bits/dim (negative ELBO; train per logged step, valid per epoch), the decoder's sigma and the posterior's
+    sigma over training."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = (("bpd", "bits / dim (negative ELBO)", "bits per sub-pixel"),
+              ("decoder_std", "decoder sigma", "grey levels (0..255)"),
+              ("posterior_std", "posterior sigma, mean over components", "latent units (prior: 1)"))
+    for ax, (key, name, unit) in zip(axes, panels):
+        logged = [s for s in steps if key in s]
+        if logged:
+            ax.plot([s["step"] for s in logged], [s[key] for s in logged], color="tab:blue", alpha=0.6,
+                    label="train (logged steps)")
+        valid = [e for e in epochs if key in e["valid"]]
+        if valid:
+            ax.plot([e["step"] for e in valid], [e["valid"][key] for e in valid], "s-", color="tab:orange",
+                    label="valid (EMA weights)")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(unit)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if logged or valid:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def save_kl_per_component(path: Path, kl_per_component: Sequence[float], mu_variance: Sequence[float],
                           threshold: float = 0.01, title: str = "") -> Path:
     """Per-component KL (nats / image), sorted descending, bars coloured by activity (Var_x[mu_j] > threshold),

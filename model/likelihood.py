@@ -301,6 +301,19 @@ def _likelihood_name(likelihood) -> str:
     return name
 
 
+def decoder_std(likelihood, x_params, batch_size: int) -> torch.Tensor:
+    """The decoder's standard deviation per image [B], model units, averaged over sub-pixels: sigma for the
+    Gaussians; for the logistic mixture the components' own spread sum_k pi_k s_k pi / sqrt(3) (coupling and
+    the spread between component means left out). A training diagnostic: how sure the decoder has become."""
+    if _likelihood_name(likelihood) == "logistic_mixture":
+        mixture = split_mixture_params(x_params)
+        weights = torch.softmax(mixture.logit_probs, dim=1).unsqueeze(1)  # [B, 1, K, H, W]
+        spread = (weights * mixture.log_scales.exp()).sum(2) * (math.pi / math.sqrt(3.0))
+        return _sum_per_image(spread) / spread[0].numel()
+    std = torch.exp(0.5 * _f32(x_params))
+    return std.flatten(1).mean(1) if std.ndim else std.expand(batch_size)
+
+
 def decoder_nll(likelihood, x_uint8: torch.Tensor, x_mean: torch.Tensor, x_params) -> NLLTerms:
     """Reconstruction NLL of uint8 images under the decoder's output, for any of LIKELIHOODS.
 

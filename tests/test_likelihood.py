@@ -404,3 +404,15 @@ def test_decoder_nll_gaussians_unchanged_and_mixture_is_discretized():
         decoder_nll("bernoulli", x8, mean, logvar)
     with pytest.raises(TypeError):
         decoder_nll("logistic_mixture", x8.float(), mean, raw)
+
+
+def test_decoder_std_per_likelihood():
+    from model.likelihood import decoder_std, mixture_channels
+
+    logvar = torch.full((2, 3, 4, 4), math.log(0.25))
+    assert torch.allclose(decoder_std("gaussian_learned", logvar, 2), torch.full((2,), 0.5))
+    assert torch.allclose(decoder_std("gaussian_fixed", torch.tensor(math.log(0.04)), 3), torch.full((3,), 0.2))
+    # One component with log-scale log(s) everywhere: a logistic's standard deviation is s pi / sqrt(3).
+    params = torch.zeros(2, mixture_channels(1), 4, 4)
+    params[:, 4:7] = math.log(0.1)  # the log-scales of R, G, B (after the logit and the 3 means)
+    assert torch.allclose(decoder_std("logistic_mixture", params, 2), torch.full((2,), 0.1 * math.pi / math.sqrt(3)))

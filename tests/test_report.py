@@ -49,14 +49,14 @@ def test_report_of_a_bare_run_has_its_sections_and_no_broken_image(tiny_run, tmp
         assert section in text, section
     assert "Test metrics" not in text and "Editing" not in text  # no eval or edits given: no empty sections
     images, broken = _image_counts(_browser(page, tmp_path, "--dump-dom"))
-    assert images == 4 and broken == 0
+    assert images == 6 and broken == 0
 
 
 def test_the_browser_check_does_see_a_broken_image(tiny_run, tmp_path):
     page = write_report(tmp_path / "report", tiny_run)
     next((tmp_path / "report" / "img").glob("*reconstructions*")).unlink()
     images, broken = _image_counts(_browser(page, tmp_path, "--dump-dom"))
-    assert images == 4 and broken == 1
+    assert images == 6 and broken == 1
 
 
 @pytest.fixture(scope="module")

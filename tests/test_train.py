@@ -53,7 +53,9 @@ def test_loss_falls_and_run_writes_figures_metrics_and_a_loadable_checkpoint(syn
     assert len(epochs) == 12 and epochs[-1]["valid"]["images"] == json.loads(
         (synthetic_shards / "dataset.json").read_text())["counts"]["valid"]
     assert 0 <= last["data_wait_share"] < 1 and last["images_per_s"] > 0
-    for name in ("loss_curves.png", "reconstructions_epoch011.png", "interpolation_epoch011.png", "samples_epoch011.png"):
+    assert 0 < last["decoder_std"] < 255 and 0 < last["posterior_std"] <= 1.5
+    for name in ("loss_curves.png", "diagnostics.png", "samples_init.png", "reconstructions_epoch011.png",
+                 "interpolation_epoch011.png", "samples_epoch011.png"):
         assert (out / "figures" / name).stat().st_size > 1000, name
     vae, meta = load_vae(out)
     assert meta["step"] == last["step"] and vae.cfg.latent_dim == 128

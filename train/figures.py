@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.plots import save_grid, save_loss_curves
+from common.plots import save_diagnostics, save_grid, save_loss_curves
 from loaders.contract import nchw
 from loaders.shards import decode_members, open_checked, read_members
 from model import VAE, to_model_range, to_uint8
@@ -28,6 +28,7 @@ def write_figures(folder: Path, vae: VAE, images: torch.Tensor, epoch: int, step
     """Loss curves, reconstructions, interpolations on mu (z = a z1 + (1-a) z2) and prior samples per temperature."""
     tag = f"epoch{epoch:03d}"
     save_loss_curves(folder / "loss_curves.png", steps_log, epochs_log)
+    save_diagnostics(folder / "diagnostics.png", steps_log, epochs_log)
     mu, _ = vae.encode(to_model_range(images[:8]))
     recon = to_uint8(vae.decode(mu)[0])
     save_grid(folder / f"reconstructions_{tag}.png", torch.cat([images[:8], recon]), rows=2,
@@ -38,7 +39,14 @@ def write_figures(folder: Path, vae: VAE, images: torch.Tensor, epoch: int, step
     z = (alphas[None, :, None] * mu1[:, None] + (1 - alphas[None, :, None]) * mu2[:, None]).flatten(0, 1)
     save_grid(folder / f"interpolation_{tag}.png", to_uint8(vae.decode(z)[0]), rows=4,
               title="interpolation z = a*z1 + (1-a)*z2", col_labels=[f"a={a:.2f}" for a in alphas.tolist()])
-    # The same seed for every temperature: each column is one eps drawn at growing temperature.
-    samples = [vae.sample(10, t, torch.Generator(images.device).manual_seed(seed)) for t in TEMPERATURES]
-    save_grid(folder / f"samples_{tag}.png", to_uint8(torch.cat(samples)), rows=4,
-              title="prior samples z = temp * eps", row_labels=[f"temp {t}" for t in TEMPERATURES])
+    save_samples(folder / f"samples_{tag}.png", vae, seed, f"prior samples z = temp * eps, epoch {epoch}")
+
+
+@torch.no_grad()
+def save_samples(path: Path, vae: VAE, seed: int, title: str) -> None:
+    """Prior samples, one row per temperature. The same seed for every temperature: each column is one eps
+    drawn at growing temperature."""
+    device = next(vae.parameters()).device
+    samples = [vae.sample(10, t, torch.Generator(device).manual_seed(seed)) for t in TEMPERATURES]
+    save_grid(path, to_uint8(torch.cat(samples)), rows=4, title=title,
+              row_labels=[f"temp {t}" for t in TEMPERATURES])

@@ -10,11 +10,14 @@ import math
 import torch
 import torch.nn as nn
 
-from model import VAE, decoder_nll, kl_diag_gaussian, to_model_range
+from model import VAE, decoder_nll, decoder_std, kl_diag_gaussian, to_model_range
 
 # "gaussian_nll" is the reconstruction term the loss differentiates: the continuous Gaussian NLL for the
 # Gaussian decoders, the discretized NLL itself for the logistic mixture (whose density is a probability).
-STAT_NAMES = ("loss", "gaussian_nll", "discretized_nll", "kl")
+# Two diagnostics: the decoder's standard deviation in grey levels (model.decoder_std) and the posterior's,
+# the mean over latent components of q(z|x)'s sigma (latent units; 1 is the prior's).
+STAT_NAMES = ("loss", "gaussian_nll", "discretized_nll", "kl", "decoder_std", "posterior_std")
+GREY_LEVELS_PER_UNIT = 127.5  # model units -> 0..255 pixel units
 
 
 class VAEObjective(nn.Module):
@@ -25,7 +28,7 @@ class VAEObjective(nn.Module):
         self.perceptual_weight = perceptual_weight
 
     def forward(self, images: torch.Tensor, kl_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 [B,3,64,64] -> (scalar loss, [4] per-image means of loss, Gaussian NLL, discretized NLL, KL).
+        """uint8 [B,3,64,64] -> (scalar loss, [6] per-image means of the STAT_NAMES).
 
         `kl_weight` is a 0-dim tensor (not a float) so the annealing schedule does not recompile the graph.
         """
@@ -37,7 +40,9 @@ class VAEObjective(nn.Module):
         if self.perceptual is not None:
             loss = loss + self.perceptual_weight * self.perceptual(out.x_mean.float(), x)
         loss = loss.mean()
-        stats = torch.stack([loss, nll.train.mean(), nll.discretized.mean(), kl.mean()]).detach()
+        stats = torch.stack([loss, nll.train.mean(), nll.discretized.mean(), kl.mean(),
+                             GREY_LEVELS_PER_UNIT * decoder_std(self.vae.cfg, out.x_params, len(images)).mean(),
+                             torch.exp(0.5 * out.logvar.float()).mean()]).detach()
         return loss, stats
 
 

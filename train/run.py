@@ -32,7 +32,7 @@ from model.io import save_vae
 from model.split_pass import split_sums, summarize
 from train.checkpoint import VAE_FOLDER, checkpoint_name, commit_checkpoint, latest_checkpoint, partial_path
 from train.config import TrainConfig, parse_config
-from train.figures import fixed_figure_images, write_figures
+from train.figures import fixed_figure_images, save_samples, write_figures
 from train.objective import EMA, STAT_NAMES, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
 
@@ -201,6 +201,10 @@ def compiles(cfg: TrainConfig) -> bool:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
     run = setup(cfg)
+    if run.figure_images is not None and run.state.step == 0:  # what the prior gives before any training
+        save_samples(run.out / "figures" / "samples_init.png", run.vae.eval(), cfg.seed,
+                     "prior samples z = temp * eps, before training")
+        run.vae.train()
     with run.progress:
         while run.state.epoch < run.epochs:
             if not train_one_epoch(run):
