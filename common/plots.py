@@ -181,3 +181,19 @@ def save_labelled_scatter(path: Path, panels: Sequence[tuple[Sequence[float], Se
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def save_scatter_by_label(path: Path, points: np.ndarray, labels: np.ndarray, axes: tuple[str, str],
+                          names: tuple[str, str], title: str = "") -> Path:
+    """2-D points coloured by a boolean label (False: names[0], True: names[1])."""
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    for value, name, color in ((False, names[0], "tab:gray"), (True, names[1], "tab:orange")):
+        chosen = points[labels == value]
+        ax.scatter(chosen[:, 0], chosen[:, 1], s=8, alpha=0.6, color=color, label=f"{name} ({len(chosen)})")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -8,7 +8,6 @@ without editing.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from common.errors import UserError
 from model import VAE, psnr_db, to_model_range, to_uint8
 from model.classifier import AttributeClassifier, load_classifier, read_classifier_config, resolve_classifier_folder
 from model.io import MODEL_WEIGHTS
-from shard_builder.read import DATASET_JSON, Split, load_dataset_json, open_split
+from shard_builder.read import DATASET_JSON, Split, attribute_index, load_dataset_json, open_split
 from train.checkpoint import load_vae, resolve_vae_folder
 
 
@@ -34,16 +33,6 @@ class EditError(UserError):
 
 
 # ----------------------------------------------------------------------------- attributes and changes
-
-
-def attribute_index(name: str, names: list[str] | tuple[str, ...]) -> int:
-    """Index of an attribute by name (case-insensitive); an unknown name lists the closest real ones."""
-    lower = {n.lower(): i for i, n in enumerate(names)}
-    if name.lower() in lower:
-        return lower[name.lower()]
-    close = difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.5)
-    hint = ", ".join(names[lower[c]] for c in close) if close else "none; the 40 names are " + " ".join(names)
-    raise EditError(f"unknown attribute {name!r}; close matches: {hint}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +64,7 @@ def parse_changes(spec: str, names) -> list[Change]:
             raise EditError(f"change {item!r}: write add:NAME or remove:NAME (or +NAME / -NAME)")
         if verb.lower() not in ("add", "remove"):
             raise EditError(f"change {item!r}: {verb!r} is neither add nor remove")
-        index = attribute_index(name.strip(), names)
+        index = attribute_index(name.strip(), names, EditError)
         changes.append(Change(names[index], index, int(verb.lower() == "add")))
     if not changes:
         raise EditError(f"--changes {spec!r}: no change given")

@@ -113,6 +113,11 @@ def run(args: argparse.Namespace, command: str, options: EvalOptions,
                   "checkpoint_meta": {k: v for k, v in meta.items() if k not in ("config", "dataset")},
                   "config": vae.cfg.to_dict(), **report}
         path = Path(args.json) if args.json else out / f"{command}-{report['split_name']}.json"
+        if runtime.is_main and options.color_by:
+            from eval.latent_map import latent_maps_of_split
+
+            maps = latent_maps_of_split(vae, Path(args.shards), options.color_by, options.quality_images, out)
+            report["latent_maps"] = [str(figure) for figure in maps]
         if runtime.is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
@@ -194,12 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge", default=None,
                         help="a classifier folder (python -m edit.classifier): also report Fréchet distances in its "
                              "feature space (reconstructions, prior samples per temperature) and mean-face PSNRs")
-    parser.add_argument("--quality-images", type=int, default=1000, help="images the Fréchet distances use")
+    parser.add_argument("--quality-images", type=int, default=1000,
+                        help="images the Fréchet distances and the latent map use")
+    parser.add_argument("--color-by", default="Smiling",
+                        help="the attribute that colours the latent map (mu on its two axes for a 2-D latent, else "
+                             "on its first two principal axes; plus the decoded manifold for a 2-D latent)")
     args = parser.parse_args(argv)
     options = EvalOptions(loader=args.loader, batch_size=args.batch_size, seed=args.seed, samples=args.samples,
                           iw_samples=args.iw_samples, reconstructions=True, fit_sigma=not args.no_fit_sigma,
                           valid_shards=args.valid_shards, num_workers=args.num_workers, judge=args.judge,
-                          quality_images=args.quality_images)
+                          quality_images=args.quality_images, color_by=args.color_by)
     return run(args, "eval", options, _show_eval)
 
 

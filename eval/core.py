@@ -44,6 +44,7 @@ class EvalOptions:
     valid_shards: str | None = None  # the split to fit sigma on; default: the evaluated split's sibling `valid`
     num_workers: int | None = None
     judge: str | None = None  # a classifier folder: also measure sample quality in its feature space (rank 0)
+    color_by: str | None = None  # an attribute: also map the posterior means, coloured by it (rank 0)
     quality_images: int = 1000  # images of the split (and of the sibling valid split) the Fréchet distances use
 
 

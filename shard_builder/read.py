@@ -5,8 +5,10 @@ manifest or index, or a build of another format, is reported the same way everyw
 """
 from __future__ import annotations
 
+import difflib
 import json
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,17 @@ def index_text(encoding: str, keys: list[str], offsets: list[int], sizes: list[i
     lines = [f"v1.2 {len(keys)}"]
     lines += [f"{encoding} {offset} {size} {key}.{encoding}" for key, offset, size in zip(keys, offsets, sizes)]
     return "\n".join(lines) + "\n"
+
+
+def attribute_index(name: str, names: Sequence[str], error: type[UserError] = UserError) -> int:
+    """Index of a CelebA attribute by name (case-insensitive); an unknown name raises `error` listing the closest
+    real ones."""
+    lower = {n.lower(): i for i, n in enumerate(names)}
+    if name.lower() in lower:
+        return lower[name.lower()]
+    close = difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.5)
+    hint = ", ".join(names[lower[c]] for c in close) if close else "none; the 40 names are " + " ".join(names)
+    raise error(f"unknown attribute {name!r}; close matches: {hint}")
 
 
 def member_tar_info(name: str, size: int) -> tarfile.TarInfo:

@@ -398,3 +398,22 @@ def test_sweep_trains_and_scores_every_configuration(synthetic_shards, tmp_path)
     stamp = (out / "latent16-beta1" / "eval" / "eval-test.json").stat().st_mtime_ns
     assert sweep_main(["--shards", str(synthetic_shards), "--out", str(out), *flags, *train]) == 0  # skips done runs
     assert (out / "latent16-beta1" / "eval" / "eval-test.json").stat().st_mtime_ns == stamp
+
+
+def test_latent_maps_of_a_2d_model_and_of_a_larger_one(synthetic_shards, tmp_path, capsys):
+    from train.run import main as train_main
+
+    for latent in (2, 128):
+        run = tmp_path / f"latent{latent}"
+        assert train_main(["--shards", str(synthetic_shards), "--out", str(run), "--preset", "tiny", "--latent-dim",
+                           str(latent), "--batch-size", "16", "--epochs", "1", "--max-steps", "2", "--compile", "off",
+                           "--precision", "fp32", "--no-figures"]) == 0
+        assert eval_main(["--checkpoint", str(run), "--shards", str(synthetic_shards / "test"), "-K", "0",
+                          "--color-by", "eyeglasses", "--out", str(run / "eval")]) == 0
+        maps = json.loads((run / "eval" / "eval-test.json").read_text())["latent_maps"]
+        names = sorted(Path(m).name for m in maps)
+        assert names == (["latent_manifold.png", "latent_map-test.png"] if latent == 2 else ["latent_map-test.png"])
+        assert all(Path(m).stat().st_size > 10_000 for m in maps)
+    assert eval_main(["--checkpoint", str(run), "--shards", str(synthetic_shards / "test"), "--color-by",
+                      "Eyeglases", "--out", str(tmp_path)]) == 1
+    assert "unknown attribute 'Eyeglases'; close matches: Eyeglasses" in " ".join(capsys.readouterr().err.split())
