@@ -106,6 +106,9 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
                         f"(Var[mu] > {ACTIVE_THRESHOLD:g}), fewer than a quarter: the posterior has largely "
                         f"collapsed, and a low H means little here")
     warnings += _data_warnings(loader.split.dataset, trained_on)
+    if cfg.likelihood == "bernoulli":
+        warnings.append("Bernoulli decoder: every likelihood here (NLL, bits/dim, n and H) is of the binarised images "
+                        "(each sub-pixel x >= 128), binary data, not comparable with the 256-level decoders' numbers")
     quality = None
     if options.judge and rank == 0:
         log(f"sample quality in the feature space of {options.judge} ({options.quality_images} images)")

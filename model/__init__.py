@@ -15,6 +15,8 @@ Decoder likelihoods (VAEConfig.likelihood, model.LIKELIHOODS):
                       the buffer decoder.shared_logvar (saved in the state dict): one global sigma at eval
     logistic_mixture  x_params = [B,10K,H,W] PixelCNN++ mixture parameters (K = cfg.num_mixtures, coupled
                       channel means); x_mean = the mixture mean with coupling applied
+    categorical       x_params = [B,3*256,H,W] logits of a 256-way softmax per sub-pixel; x_mean = expected level
+    bernoulli         x_params = [B,3,H,W] logits of P(white) per sub-pixel of the binarised image (observed(): x >= 128)
 decoder_nll is the one entry point for trainer and eval: `train` is the loss to differentiate (continuous
 Gaussian NLL; for the mixture the discretized NLL itself), `discretized` the evaluation NLL (>= 0, 256 bins,
 open edge bins). The Gaussian-only tools (gaussian_nll, discretized_gaussian_nll, sigma fitting) stay valid
@@ -30,6 +32,7 @@ from .likelihood import (
     NLLTerms,
     bits_per_dim,
     decoder_nll,
+    observed,
     decoder_std,
     discretized_gaussian_nll,
     discretized_gaussian_nll_per_pixel,
@@ -60,6 +63,7 @@ __all__ = [
     "active_units",
     "bits_per_dim",
     "decoder_nll",
+    "observed",
     "decoder_std",
     "NLLTerms",
     "discretized_gaussian_nll",

@@ -284,8 +284,61 @@ def logistic_mixture_mean(params: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- one interface for every decoder
 
+# ----------------------------------------------------------------------------- discrete decoders (seeds 002, 003)
+#
+# A 256-way categorical per sub-pixel: logits [B, 3*256, H, W], channel-major (R's 256, G's, B's); exact and
+# unordered (it does not know that level 100 is next to 101). Bernoulli on binarised images: each sub-pixel is
+# observed as x >= 128 (the seeds' binary-MNIST setting carried over to CelebA's grey levels); logits
+# [B, 3, H, W]; its likelihoods and bits/dim are those of the binary data.
+
+LEVELS = 256
+BINARIZE_THRESHOLD = 128
+
+
+def categorical_logits(params: torch.Tensor) -> torch.Tensor:
+    """[B, 3*256, H, W] -> [B, 3, 256, H, W] float32 logits."""
+    b, c, h, w = params.shape
+    return _f32(params).view(b, c // LEVELS, LEVELS, h, w)
+
+
+def categorical_nll(x_uint8: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """-log P(x) under a 256-way categorical per sub-pixel, summed per image: [B], nats, >= 0."""
+    logits = categorical_logits(params)
+    index = x_uint8.to(logits.device).long().unsqueeze(2)  # [B, 3, 1, H, W]
+    picked = logits.gather(2, index).squeeze(2)
+    return _sum_per_image(torch.logsumexp(logits, dim=2) - picked)
+
+
+def categorical_mean(params: torch.Tensor) -> torch.Tensor:
+    """The expected grey level per sub-pixel, in model units [B, 3, H, W]."""
+    levels = torch.arange(LEVELS, device=params.device, dtype=torch.float32).view(1, 1, LEVELS, 1, 1)
+    return (torch.softmax(categorical_logits(params), dim=2) * levels).sum(2) / 127.5 - 1.0
+
+
+def binarize(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> 0 or 255 (x >= 128), still uint8: what a Bernoulli decoder observes."""
+    return (x_uint8 >= BINARIZE_THRESHOLD).to(torch.uint8) * 255
+
+
+def bernoulli_nll(x_uint8: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """-log P(binarize(x)) under independent Bernoullis per sub-pixel, summed per image: [B], nats, >= 0."""
+    logits = _f32(logits)
+    target = (x_uint8.to(logits.device) >= BINARIZE_THRESHOLD).float()
+    return _sum_per_image(torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none"))
+
+
+def bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
+    """P(x = 255) per sub-pixel as a model-unit image: -1 (surely black) .. +1 (surely white)."""
+    return 2.0 * torch.sigmoid(_f32(logits)) - 1.0
+
+
 GAUSSIAN_LIKELIHOODS = ("gaussian_fixed", "gaussian_learned", "gaussian_shared")
-LIKELIHOODS = GAUSSIAN_LIKELIHOODS + ("logistic_mixture",)
+LIKELIHOODS = GAUSSIAN_LIKELIHOODS + ("logistic_mixture", "categorical", "bernoulli")
+
+
+def observed(likelihood, x_uint8: torch.Tensor) -> torch.Tensor:
+    """The images a decoder models: binarised for the Bernoulli, as they are for every other likelihood."""
+    return binarize(x_uint8) if _likelihood_name(likelihood) == "bernoulli" else x_uint8
 
 
 class NLLTerms(NamedTuple):
@@ -301,11 +354,25 @@ def _likelihood_name(likelihood) -> str:
     return name
 
 
+DISCRETE_NLL = {"logistic_mixture": discretized_logistic_mixture_nll, "categorical": categorical_nll,
+                "bernoulli": bernoulli_nll}
+
+
 def decoder_std(likelihood, x_params, batch_size: int) -> torch.Tensor:
     """The decoder's standard deviation per image [B], model units, averaged over sub-pixels: sigma for the
-    Gaussians; for the logistic mixture the components' own spread sum_k pi_k s_k pi / sqrt(3) (coupling and
-    the spread between component means left out). A training diagnostic: how sure the decoder has become."""
-    if _likelihood_name(likelihood) == "logistic_mixture":
+    Gaussians; the distribution's own for the categorical and the Bernoulli; for the logistic mixture the
+    components' spread sum_k pi_k s_k pi / sqrt(3) (coupling and the spread between component means left out).
+    A training diagnostic: how sure the decoder has become."""
+    name = _likelihood_name(likelihood)
+    if name == "categorical":
+        probs = torch.softmax(categorical_logits(x_params), dim=2)
+        levels = torch.arange(LEVELS, device=probs.device, dtype=torch.float32).view(1, 1, LEVELS, 1, 1) / 127.5
+        variance = (probs * levels.square()).sum(2) - (probs * levels).sum(2).square()
+        return variance.clamp_min(0).sqrt().flatten(1).mean(1)
+    if name == "bernoulli":  # the two outcomes sit 2 model units apart
+        p = torch.sigmoid(_f32(x_params))
+        return (2.0 * (p * (1 - p)).sqrt()).flatten(1).mean(1)
+    if name == "logistic_mixture":
         mixture = split_mixture_params(x_params)
         weights = torch.softmax(mixture.logit_probs, dim=1).unsqueeze(1)  # [B, 1, K, H, W]
         spread = (weights * mixture.log_scales.exp()).sum(2) * (math.pi / math.sqrt(3.0))
@@ -324,8 +391,8 @@ def decoder_nll(likelihood, x_uint8: torch.Tensor, x_mean: torch.Tensor, x_param
     x_mean is its mean image.
     """
     name = _likelihood_name(likelihood)
-    if name == "logistic_mixture":
-        nll = discretized_logistic_mixture_nll(x_uint8, x_params)
+    if name in DISCRETE_NLL:  # their training loss is the probability itself
+        nll = DISCRETE_NLL[name](x_uint8, x_params)
         return NLLTerms(nll, nll)
     x = to_model_range(x_uint8.to(x_mean.device))
     return NLLTerms(gaussian_nll(x, x_mean, x_params), discretized_gaussian_nll(x_uint8, x_mean, x_params))

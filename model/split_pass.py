@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 import torch
 
 from model.likelihood import (NUM_DIMS, active_units, bits_per_dim, decoder_nll, discretized_gaussian_nll,
-                              gaussian_nll, harmonic_metric, kl_diag_gaussian_per_dim, psnr_db, to_model_range,
-                              to_uint8)
+                              gaussian_nll, harmonic_metric, kl_diag_gaussian_per_dim, observed, psnr_db,
+                              to_model_range, to_uint8)
 from model.vae import VAE
 
 SumReducer = Callable[[torch.Tensor], torch.Tensor]
@@ -106,7 +106,7 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
     mu_sq_sum = torch.zeros(latent, dtype=torch.float64, device=device)
     histograms = torch.zeros(2, RESIDUAL_BINS, dtype=torch.float64, device=device) if residuals else None
     for batch in batches:
-        images = batch.images.to(device)
+        images = observed(vae.cfg, batch.images.to(device))  # binarised for a Bernoulli decoder
         weight = batch.mask.to(device, torch.float64)
         x = to_model_range(images)
         mu, logvar = vae.encode(x)

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from .blocks import DownBlock, ResNeXtBottleneck, UpBlock
 from .layers import num_groups
-from .likelihood import LIKELIHOODS, logistic_mixture_mean, mixture_channels
+from .likelihood import LEVELS, LIKELIHOODS, bernoulli_mean, categorical_mean, logistic_mixture_mean, mixture_channels
 
 
 @dataclass
@@ -46,7 +46,9 @@ class VAEConfig:
     #                       it (buffer decoder.shared_logvar, saved with the weights) is the one global sigma
     #                       that decode() and every evaluation use;
     #   "logistic_mixture"  discretized mixture of num_mixtures logistics with coupled channel means
-    #                       (PixelCNN++'s output layer); its mean image is the mixture mean.
+    #                       (PixelCNN++'s output layer); its mean image is the mixture mean;
+    #   "categorical"       256-way softmax per sub-pixel (3*256 output channels); mean image = expected level;
+    #   "bernoulli"         one Bernoulli per sub-pixel of the binarised image (x >= 128); mean image = P(white).
     likelihood: str = "gaussian_learned"
     num_mixtures: int = 10  # components of the logistic mixture (10K decoder output channels)
     # Running average of the shared sigma^2: decay min(shared_sigma_decay, (1 + n) / (10 + n)) at update n.
@@ -124,6 +126,8 @@ class VAEConfig:
     def out_channels(self) -> int:
         if self.likelihood == "logistic_mixture":
             return mixture_channels(self.num_mixtures, self.in_channels)
+        if self.likelihood == "categorical":
+            return self.in_channels * LEVELS
         return self.in_channels * (2 if self.likelihood == "gaussian_learned" else 1)
 
     @classmethod
@@ -262,6 +266,10 @@ class Decoder(nn.Module):
             return mean, logvar.clamp(*cfg.logvar_range)
         if cfg.likelihood == "logistic_mixture":
             return logistic_mixture_mean(out), out
+        if cfg.likelihood == "categorical":
+            return categorical_mean(out), out
+        if cfg.likelihood == "bernoulli":
+            return bernoulli_mean(out), out
         if cfg.likelihood == "gaussian_shared":
             return out, self.shared_logvar.clone()
         return out, torch.full((), cfg.fixed_logvar, device=out.device, dtype=out.dtype)

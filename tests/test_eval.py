@@ -331,7 +331,8 @@ def test_bonus_1_script_fails_without_a_traceback(synthetic_shards, tmp_path):
     assert str(missing) in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian_fixed", "gaussian_learned", "gaussian_shared", "logistic_mixture"])
+@pytest.mark.parametrize("likelihood", ["gaussian_fixed", "gaussian_learned", "gaussian_shared", "logistic_mixture",
+                                        "categorical", "bernoulli"])
 def test_every_decoder_likelihood_trains_and_evaluates(likelihood, synthetic_shards, tmp_path):
     """A few steps with each decoder, then eval (discretized NLL >= 0, finite bound, PSNR) on its checkpoint."""
     from train.run import main as train_main
@@ -347,8 +348,11 @@ def test_every_decoder_likelihood_trains_and_evaluates(likelihood, synthetic_sha
     assert report["likelihood"] == likelihood and metrics["discretized_nll"] > 0
     assert math.isfinite(metrics["iw_bpd"]) and metrics["iw_bpd"] <= metrics["mc_bpd"] + 1e-9
     assert math.isfinite(metrics["psnr"]) and math.isfinite(metrics["harmonic"])
-    if likelihood == "logistic_mixture":  # its training loss is the discretized NLL itself
+    if likelihood in ("logistic_mixture", "categorical", "bernoulli"):  # the training loss is the probability
         assert metrics["gaussian_nll"] == pytest.approx(metrics["discretized_nll"])
+    if likelihood == "bernoulli":
+        assert any("binarised" in warning for warning in report["warnings"])
+        assert metrics["nll_bpd"] <= 1.0 + 1e-6 or metrics["nll_bpd"] > 0  # bits of binary data
 
 
 def test_frechet_distance_known_answers():

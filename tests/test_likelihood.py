@@ -399,7 +399,8 @@ def test_decoder_nll_gaussians_unchanged_and_mixture_is_discretized():
     terms = decoder_nll("logistic_mixture", x8, logistic_mixture_mean(raw), raw)
     torch.testing.assert_close(terms.train, discretized_logistic_mixture_nll(x8, raw))
     assert torch.equal(terms.train, terms.discretized)
-    assert set(LIKELIHOODS) == {"gaussian_fixed", "gaussian_learned", "gaussian_shared", "logistic_mixture"}
+    assert set(LIKELIHOODS) == {"gaussian_fixed", "gaussian_learned", "gaussian_shared", "logistic_mixture",
+                                "categorical", "bernoulli"}
     with pytest.raises(ValueError):
         decoder_nll("bernoulli", x8, mean, logvar)
     with pytest.raises(TypeError):
@@ -416,3 +417,49 @@ def test_decoder_std_per_likelihood():
     params = torch.zeros(2, mixture_channels(1), 4, 4)
     params[:, 4:7] = math.log(0.1)  # the log-scales of R, G, B (after the logit and the 3 means)
     assert torch.allclose(decoder_std("logistic_mixture", params, 2), torch.full((2,), 0.1 * math.pi / math.sqrt(3)))
+
+
+def test_categorical_masses_sum_to_one_and_match_cross_entropy():
+    from model.likelihood import categorical_mean, categorical_nll
+
+    torch.manual_seed(0)
+    one = torch.randn(1, 256, 1, 1) * 3  # one sub-pixel's 256 logits
+    every_level = torch.arange(256, dtype=torch.uint8).view(256, 1, 1, 1)
+    assert torch.exp(-categorical_nll(every_level, one.expand(256, -1, -1, -1))).sum().item() == pytest.approx(
+        1.0, abs=1e-5)
+    params = torch.randn(2, 3 * 256, 2, 2) * 3
+    x = torch.randint(0, 256, (2, 3, 2, 2), dtype=torch.uint8)
+    logits = params.view(2, 3, 256, 2, 2).permute(0, 1, 3, 4, 2).reshape(-1, 256)
+    independent = torch.nn.functional.cross_entropy(logits, x.long().reshape(-1), reduction="none").view(2, -1).sum(1)
+    torch.testing.assert_close(categorical_nll(x, params), independent, rtol=1e-5, atol=1e-4)
+    expected = (torch.softmax(params.view(2, 3, 256, 2, 2), 2) * torch.arange(256.0).view(1, 1, 256, 1, 1)).sum(2)
+    torch.testing.assert_close(categorical_mean(params), expected / 127.5 - 1)
+
+
+def test_bernoulli_on_binarised_pixels():
+    from model.likelihood import bernoulli_mean, bernoulli_nll, binarize
+
+    x = torch.tensor([[[[0, 127], [128, 255]]]], dtype=torch.uint8).expand(1, 3, 2, 2)
+    assert binarize(x)[0, 0].tolist() == [[0, 0], [255, 255]]
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, 3.0]]]]).expand(1, 3, 2, 2)
+    p_white = torch.sigmoid(logits)
+    independent = -(torch.log(1 - p_white[..., 0, :]).sum() + torch.log(p_white[..., 1, :]).sum())
+    torch.testing.assert_close(bernoulli_nll(x, logits), independent.view(1))
+    one = torch.tensor(0.7).view(1, 1, 1, 1)  # one sub-pixel: the masses of black and white sum to 1
+    outcomes = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1)
+    assert torch.exp(-bernoulli_nll(outcomes, one.expand(2, -1, -1, -1))).sum().item() == pytest.approx(1.0)
+    torch.testing.assert_close(bernoulli_mean(logits), 2 * p_white - 1)
+
+
+@pytest.mark.parametrize("name", ["categorical", "bernoulli"])
+def test_discrete_decoders_have_finite_gradients_at_extreme_logits(name):
+    from model.likelihood import decoder_nll
+
+    channels = 3 * 256 if name == "categorical" else 3
+    params = torch.full((2, channels, 2, 2), 1e4).requires_grad_(True)
+    with torch.no_grad():
+        params[:, ::2] = -1e4
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 2, 2)
+    nll = decoder_nll(name, x, torch.zeros(2, 3, 2, 2), params)
+    nll.train.sum().backward()
+    assert torch.isfinite(nll.train).all() and torch.isfinite(params.grad).all() and (nll.discretized >= 0).all()

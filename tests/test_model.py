@@ -306,7 +306,7 @@ def test_config_roundtrip_and_overrides():
     with pytest.raises(KeyError):
         create_vae("huge")
     with pytest.raises(ValueError):
-        VAEConfig(likelihood="bernoulli")
+        VAEConfig(likelihood="poisson")
 
 
 # ----------------------------------------------------------------------------- presets

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn as nn
 
-from model import VAE, decoder_nll, decoder_std, kl_diag_gaussian, to_model_range
+from model import VAE, decoder_nll, decoder_std, kl_diag_gaussian, observed, to_model_range
 
 # "gaussian_nll" is the reconstruction term the loss differentiates: the continuous Gaussian NLL for the
 # Gaussian decoders, the discretized NLL itself for the logistic mixture (whose density is a probability).
@@ -32,6 +32,7 @@ class VAEObjective(nn.Module):
 
         `kl_weight` is a 0-dim tensor (not a float) so the annealing schedule does not recompile the graph.
         """
+        images = observed(self.vae.cfg, images)  # binarised for a Bernoulli decoder
         x = to_model_range(images)
         out = self.vae(x)
         nll = decoder_nll(self.vae.cfg, images, out.x_mean, out.x_params)
