@@ -402,7 +402,7 @@ def test_decoder_nll_gaussians_unchanged_and_mixture_is_discretized():
     assert set(LIKELIHOODS) == {"gaussian_fixed", "gaussian_learned", "gaussian_shared", "logistic_mixture",
                                 "categorical", "bernoulli"}
     with pytest.raises(ValueError):
-        decoder_nll("bernoulli", x8, mean, logvar)
+        decoder_nll("poisson", x8, mean, logvar)
     with pytest.raises(TypeError):
         decoder_nll("logistic_mixture", x8.float(), mean, raw)
 
