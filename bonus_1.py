@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     # n, k and H exactly as `python -m eval` computes them (the first `samples` z draws are the same).
     options = EvalOptions(loader=args.loader, batch_size=args.batch_size, seed=args.seed, samples=args.samples,
                           iw_samples=args.iw_samples, reconstructions=False, fit_sigma=False,
-                          num_workers=args.num_workers)
+                          num_workers=args.num_workers, require_kl=True)
     return run(args, "bonus_1", options, show)
 
 

@@ -135,6 +135,10 @@ def print_caveat(report: dict) -> None:
     """The other readings of H (labelled, after the project's), the caveat next to H, always; plus every warning
     (e.g. fewer than a quarter of the components active)."""
     m = report["metrics"]
+    if "harmonic" not in m:  # a deterministic autoencoder: its note is among the warnings
+        for warning in report["warnings"]:
+            console.print(f"[bold yellow]warning[/bold yellow]: {escape(warning)}", highlight=False)
+        return
     console.print(f"other readings of H, not the project's: with the continuous training NLL instead of the "
                   f"discretized one n = {m['harmonic_continuous_n']:.4f}, H = {m['harmonic_continuous']:.4f}"
                   + (" (n < 0: a density, H means nothing)" if m["harmonic_continuous_n"] < 0 else "")
@@ -158,13 +162,14 @@ def _show_eval(report: dict, out: Path) -> None:
                   "256-bin mass, open edge bins; >= 0")
     table.add_row("Gaussian NLL (continuous)", f"{m['gaussian_nll']:.2f}", f"{m['gaussian_nll_bpd']:.4f}",
                   "density: the training loss, can be < 0")
-    table.add_row("KL", f"{m['kl']:.2f}", "", f"{m['kl_bits_per_component']:.4f} bits per component")
-    table.add_row("negative ELBO", f"{m['neg_elbo']:.2f}", f"{m['bpd']:.4f}", "discretized NLL + KL (upper bound)")
+    if "kl" in m:  # not for a deterministic autoencoder
+        table.add_row("KL", f"{m['kl']:.2f}", "", f"{m['kl_bits_per_component']:.4f} bits per component")
+        table.add_row("negative ELBO", f"{m['neg_elbo']:.2f}", f"{m['bpd']:.4f}", "discretized NLL + KL (upper bound)")
     if "iw_nll" in m:
         table.add_row(f"IW NLL bound, K={report['iw_samples']}", f"{m['iw_nll']:.2f}", f"{m['iw_bpd']:.4f}",
                       f"MC negative ELBO, same K draws: {m['mc_bpd']:.4f} bits/dim")
     fixed = report["fixed_sigma"]
-    if fixed is not None:
+    if fixed is not None and "kl" in m:
         table.add_row("negative ELBO at fitted sigma", f"{fixed['test_nll'] + m['kl']:.2f}", f"{fixed['test_bpd']:.4f}",
                       f"one global sigma = {fixed['sigma_grey_levels']:.2f} grey levels fitted on valid "
                       f"(model's: {fixed['model_sigma_grey_levels']:.2f}); NLL {fixed['test_nll_bpd']:.4f} bits/dim")
@@ -180,8 +185,9 @@ def _show_eval(report: dict, out: Path) -> None:
                       + f"; other real images {quality['fd_real_reference']:.3f}")
         table.add_row("mean-face PSNR", "", "", f"T=0.2 samples {quality['mean_face_psnr_t0.2']:.2f} dB, decode(0) "
                       f"{quality['mean_face_psnr_decode_zero']:.2f} dB (to the train split's mean image)")
-    table.add_row("harmonic metric", "", "", f"n {m['harmonic_n']:.4f}, k {m['harmonic_k']:.4f}, "
-                  f"H {m['harmonic']:.4f}  ({HARMONIC_FORMULA}; lower is better)")
+    if "harmonic" in m:
+        table.add_row("harmonic metric", "", "", f"n {m['harmonic_n']:.4f}, k {m['harmonic_k']:.4f}, "
+                      f"H {m['harmonic']:.4f}  ({HARMONIC_FORMULA}; lower is better)")
     console.print(table)
     print_caveat(report)
     figure = save_kl_per_component(out / f"kl_per_component-{report['split_name']}.png",

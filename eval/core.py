@@ -10,7 +10,7 @@ model, then the test pass), and turns the reduced sums into a JSON-ready report.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,15 @@ from shard_builder.read import DATASET_JSON
 HARMONIC_FORMULA = "n = NLL/(D ln 2), k = KL/(d ln 2), H = 2nk/(n+k)"
 CAVEAT = ("H goes to 0 as k goes to 0, so a collapsed posterior (every latent equal to the prior) scores best while "
           "reconstructing nothing: read H together with bits/dim and the number of active components.")
+
+
+AUTOENCODER_NOTE = ("deterministic autoencoder: z = mu and no KL, so there is no ELBO, bits/dim bound, importance-"
+                    "weighted bound or harmonic metric; its NLL is the decoder's at z = mu, and its prior samples mean "
+                    "nothing, since no KL pulls the codes toward N(0, I)")
+# Metrics that need a posterior distribution and its KL; an autoencoder's report leaves them out.
+NOT_FOR_AUTOENCODERS = ("kl", "kl_bits_per_component", "neg_elbo", "bpd", "harmonic_n", "harmonic_k", "harmonic",
+                        "harmonic_continuous_n", "harmonic_continuous", "harmonic_per_pixel_n", "harmonic_per_pixel",
+                        "fixed_sigma_bpd")
 
 
 class EvalError(UserError):
@@ -45,6 +54,7 @@ class EvalOptions:
     num_workers: int | None = None
     judge: str | None = None  # a classifier folder: also measure sample quality in its feature space (rank 0)
     color_by: str | None = None  # an attribute: also map the posterior means, coloured by it (rank 0)
+    require_kl: bool = False  # refuse a deterministic autoencoder (bonus_1.py: H needs a KL)
     quality_images: int = 1000  # images of the split (and of the sibling valid split) the Fréchet distances use
 
 
@@ -82,6 +92,12 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
     cfg = vae.cfg
     latent = cfg.latent_dim
     warnings: list[str] = []
+    if cfg.model == "ae":
+        if options.require_kl:
+            raise EvalError("the checkpoint is a deterministic autoencoder: it has no KL, so the harmonic metric "
+                            "(k = KL / (d ln 2)) does not apply; use python -m eval for its reconstruction numbers")
+        warnings.append(AUTOENCODER_NOTE)
+        options = replace(options, iw_samples=0)  # no posterior to importance-sample
     loader = _loader(options.loader, split_dir, options, device, rank, world_size)
 
     fixed = None
@@ -96,10 +112,13 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
     if float(sums["totals"][0]) == 0:
         raise EvalError(f"{split_dir}: no samples were evaluated")
     metrics = summarize(sums, latent)
+    if cfg.model == "ae":
+        metrics = {key: value for key, value in metrics.items() if key not in NOT_FOR_AUTOENCODERS}
     if fixed is not None:
-        fitted = harmonic_metric(metrics["fixed_sigma_nll"], metrics["kl"], latent_dim=latent)
-        fixed |= {"test_nll": metrics["fixed_sigma_nll"], "test_nll_bpd": metrics["fixed_sigma_nll_bpd"],
-                  "test_bpd": metrics["fixed_sigma_bpd"], "test_harmonic": fitted.h}
+        fixed |= {"test_nll": metrics["fixed_sigma_nll"], "test_nll_bpd": metrics["fixed_sigma_nll_bpd"]}
+        if "kl" in metrics:
+            fitted = harmonic_metric(metrics["fixed_sigma_nll"], metrics["kl"], latent_dim=latent)
+            fixed |= {"test_bpd": metrics["fixed_sigma_bpd"], "test_harmonic": fitted.h}
     variance = mu_variance(sums)
     if metrics["active_units"] < latent / 4:
         warnings.append(f"only {metrics['active_units']} of {latent} latent components are active "
@@ -137,7 +156,7 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
                       "decoder likelihood; mc_neg_elbo: minus the mean of the same K log-weights",
         },
         "harmonic": {"n": metrics["harmonic_n"], "k": metrics["harmonic_k"], "H": metrics["harmonic"],
-                     "formula": HARMONIC_FORMULA, "caveat": CAVEAT},
+                     "formula": HARMONIC_FORMULA, "caveat": CAVEAT} if "harmonic" in metrics else None,
         "active_threshold": ACTIVE_THRESHOLD,
         "per_component": {"kl": (sums["kl_per_dim"] / metrics["images"]).tolist(),
                           "mu_variance": variance.tolist()},

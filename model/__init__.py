@@ -47,7 +47,7 @@ from .likelihood import (
     to_uint8,
 )
 from .likelihood import LIKELIHOODS
-from .vae import PRESETS, VAE, Decoder, Encoder, VAEConfig, VAEOutput, create_vae
+from .vae import MODELS, PRESETS, VAE, Decoder, Encoder, VAEConfig, VAEOutput, create_vae
 
 __all__ = [
     "VAE",
@@ -57,6 +57,7 @@ __all__ = [
     "Decoder",
     "PRESETS",
     "LIKELIHOODS",
+    "MODELS",
     "create_vae",
     "NUM_DIMS",
     "HarmonicMetric",

@@ -110,8 +110,10 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
         weight = batch.mask.to(device, torch.float64)
         x = to_model_range(images)
         mu, logvar = vae.encode(x)
+        if logvar is None and iw_samples:
+            raise ValueError("a deterministic autoencoder has no posterior to importance-sample")
         eps = posterior_noise(batch.keys, seed, draws, latent).to(device, mu.dtype)
-        std = torch.exp(0.5 * logvar)
+        std = torch.zeros_like(mu) if logvar is None else torch.exp(0.5 * logvar)  # z = mu for the autoencoder
         per_image = {name: torch.zeros_like(weight) for name in names}
         log_w = torch.empty(len(weight), iw_samples, dtype=torch.float64, device=device)
         for j in range(draws):  # one decoder pass per draw keeps memory at one batch
@@ -137,7 +139,7 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
         if reconstructions:
             recon = to_uint8(vae.decode(mu)[0]).float()
             per_image["squared_error"] = (recon - images.float()).square().flatten(1).mean(1).double()
-        kl = kl_diag_gaussian_per_dim(mu, logvar).double()
+        kl = torch.zeros_like(mu, dtype=torch.float64) if logvar is None else kl_diag_gaussian_per_dim(mu, logvar).double()
         per_image["count"] = torch.ones_like(weight)
         per_image["kl"] = kl.sum(1)
         totals += torch.stack([per_image[name] for name in names]) @ weight

@@ -25,6 +25,8 @@ from .blocks import DownBlock, ResNeXtBottleneck, UpBlock
 from .layers import num_groups
 from .likelihood import LEVELS, LIKELIHOODS, bernoulli_mean, categorical_mean, logistic_mixture_mean, mixture_channels
 
+MODELS = ("vae", "ae")
+
 
 @dataclass
 class VAEConfig:
@@ -50,6 +52,9 @@ class VAEConfig:
     #   "categorical"       256-way softmax per sub-pixel (3*256 output channels); mean image = expected level;
     #   "bernoulli"         one Bernoulli per sub-pixel of the binarised image (x >= 128); mean image = P(white).
     likelihood: str = "gaussian_learned"
+    # "vae", or "ae": the deterministic autoencoder of seeds 001-003 (a point latent z = mu, reconstruction loss
+    # only; no posterior variance, so no KL, ELBO or harmonic metric, and prior samples mean nothing).
+    model: str = "vae"
     num_mixtures: int = 10  # components of the logistic mixture (10K decoder output channels)
     # Running average of the shared sigma^2: decay min(shared_sigma_decay, (1 + n) / (10 + n)) at update n.
     shared_sigma_decay: float = 0.99
@@ -90,6 +95,8 @@ class VAEConfig:
         self.enc_logvar_range = tuple(float(v) for v in self.enc_logvar_range)
         if len(self.channels) != len(self.depths) or not self.channels:
             raise ValueError(f"channels {self.channels} and depths {self.depths} need equal, nonzero length")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.image_size % (2 ** len(self.channels)) != 0:
@@ -155,7 +162,7 @@ PRESETS: dict[str, dict] = {
 
 class VAEOutput(NamedTuple):
     mu: torch.Tensor  # [B, latent] posterior mean
-    logvar: torch.Tensor  # [B, latent] posterior log-variance
+    logvar: torch.Tensor | None  # [B, latent] posterior log-variance; None for the deterministic autoencoder
     z: torch.Tensor  # [B, latent] sample (or mu when sample_posterior=False)
     x_mean: torch.Tensor  # [B, 3, H, W] decoder mean, model units
     # The decoder's distribution parameters (see x_params): [B, 3, H, W] learned log-variance, a 0-dim
@@ -203,14 +210,18 @@ class Encoder(nn.Module):
         self.act = nn.SiLU()
         self.conv_out = nn.Conv2d(c, cfg.bottleneck_channels, 3, padding=1)
         flat = cfg.latent_resolution**2 * cfg.bottleneck_channels
-        self.to_latent = nn.Linear(flat, 2 * cfg.latent_dim)
+        self.to_latent = nn.Linear(flat, (2 if cfg.model == "vae" else 1) * cfg.latent_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mu, logvar) of the posterior; logvar is None for the deterministic autoencoder (z = mu)."""
         h = self.stem(x)
         for stage in self.stages:
             h = stage(h)
         h = self.conv_out(self.act(self.norm_out(self.mid(h))))
-        mu, logvar = _outside_autocast(self.to_latent, h.flatten(1)).chunk(2, dim=1)
+        latent = _outside_autocast(self.to_latent, h.flatten(1))
+        if self.cfg.model == "ae":
+            return latent, None
+        mu, logvar = latent.chunk(2, dim=1)
         return mu, logvar.clamp(*self.cfg.enc_logvar_range)
 
 
@@ -300,7 +311,7 @@ class VAE(nn.Module):
         self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
     ) -> VAEOutput:
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, generator) if sample_posterior else mu
+        z = self.reparameterize(mu, logvar, generator) if sample_posterior and logvar is not None else mu
         x_mean, x_logvar = self.decode(z)
         if self.cfg.likelihood == "gaussian_shared" and self.training:
             # sigma-VAE: the batch's closed-form optimal sigma^2 = MSE over every sub-pixel of the batch.

@@ -421,3 +421,26 @@ def test_latent_maps_of_a_2d_model_and_of_a_larger_one(synthetic_shards, tmp_pat
     assert eval_main(["--checkpoint", str(run), "--shards", str(synthetic_shards / "test"), "--color-by",
                       "Eyeglases", "--out", str(tmp_path)]) == 1
     assert "unknown attribute 'Eyeglases'; close matches: Eyeglasses" in " ".join(capsys.readouterr().err.split())
+
+
+def test_deterministic_autoencoder_trains_evaluates_and_refuses_the_kl_metrics(synthetic_shards, tmp_path, capsys):
+    from train.run import main as train_main
+
+    run = tmp_path / "ae"
+    assert train_main(["--shards", str(synthetic_shards), "--out", str(run), "--model", "ae", "--preset", "tiny",
+                       "--batch-size", "16", "--epochs", "1", "--compile", "off", "--precision", "fp32"]) == 0
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["kl"] == 0 and r["posterior_std"] == 0 for r in steps if r["kind"] == "step")
+    assert (run / "figures" / "interpolation_epoch000.png").is_file()
+    vae, _ = load_vae(run)
+    assert vae.encode(torch.zeros(1, 3, 64, 64))[1] is None  # a point latent, no posterior variance
+    split = ["--checkpoint", str(run), "--shards", str(synthetic_shards / "test"), "--out", str(tmp_path)]
+    assert eval_main(split) == 0  # -K 16 by default: skipped, there is no posterior to sample
+    report = json.loads((tmp_path / "eval-test.json").read_text())
+    assert report["harmonic"] is None and "bpd" not in report["metrics"] and "iw_nll" not in report["metrics"]
+    assert report["metrics"]["discretized_nll"] > 0 and math.isfinite(report["metrics"]["psnr"])
+    assert any("deterministic autoencoder" in warning for warning in report["warnings"])
+    capsys.readouterr()
+    assert bonus_1.main(split) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "deterministic autoencoder: it has no KL, so the harmonic metric" in err

@@ -17,6 +17,7 @@ class TrainConfig:
     loader: str = "resident"  # resident | webdataset | dali
     num_workers: int = 2  # webdataset loader worker processes
     # model
+    model: str = "vae"  # vae | ae (deterministic autoencoder: z = mu, reconstruction loss only)
     preset: str = "tiny"
     latent_dim: int = 0  # 0 = the preset's
     likelihood: str = "gaussian_learned"  # gaussian_learned | gaussian_fixed | gaussian_shared | logistic_mixture

@@ -40,7 +40,10 @@ def write_figures(folder: Path, vae: VAE, images: torch.Tensor, epoch: int, step
     z = (alphas[None, :, None] * mu1[:, None] + (1 - alphas[None, :, None]) * mu2[:, None]).flatten(0, 1)
     save_grid(folder / f"interpolation_{tag}.png", to_uint8(vae.decode(z)[0]), rows=4,
               title="interpolation z = a*z1 + (1-a)*z2", col_labels=[f"a={a:.2f}" for a in alphas.tolist()])
-    save_samples(folder / f"samples_{tag}.png", vae, seed, f"prior samples z = temp * eps, epoch {epoch}")
+    title = f"prior samples z = temp * eps, epoch {epoch}"
+    if vae.cfg.model == "ae":  # the seeds' point: without a KL nothing ties the codes to N(0, I)
+        title += " (an autoencoder: no KL, so these codes mean nothing)"
+    save_samples(folder / f"samples_{tag}.png", vae, seed, title)
 
 
 @torch.no_grad()

@@ -36,14 +36,17 @@ class VAEObjective(nn.Module):
         x = to_model_range(images)
         out = self.vae(x)
         nll = decoder_nll(self.vae.cfg, images, out.x_mean, out.x_params)
-        kl = kl_diag_gaussian(out.mu, out.logvar)
+        if out.logvar is None:  # the deterministic autoencoder: reconstruction only
+            kl, posterior_std = torch.zeros_like(nll.train), torch.zeros((), device=images.device)
+        else:
+            kl, posterior_std = kl_diag_gaussian(out.mu, out.logvar), torch.exp(0.5 * out.logvar.float()).mean()
         loss = nll.train + kl_weight * kl
         if self.perceptual is not None:
             loss = loss + self.perceptual_weight * self.perceptual(out.x_mean.float(), x)
         loss = loss.mean()
         stats = torch.stack([loss, nll.train.mean(), nll.discretized.mean(), kl.mean(),
                              GREY_LEVELS_PER_UNIT * decoder_std(self.vae.cfg, out.x_params, len(images)).mean(),
-                             torch.exp(0.5 * out.logvar.float()).mean()]).detach()
+                             posterior_std]).detach()
         return loss, stats
 
 
