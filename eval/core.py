@@ -20,7 +20,7 @@ from common.errors import UserError
 from eval.sigma_fit import fit_global_logvar, histogram_nll
 from loaders import make_loader
 from model import NUM_DIMS, VAE, bits_per_dim, harmonic_metric
-from model.split_pass import ACTIVE_THRESHOLD, SumReducer, mu_variance, split_sums, summarize
+from model.split_pass import ACTIVE_THRESHOLD, SumReducer, mu_variance, prior_match, split_sums, summarize
 from shard_builder.read import DATASET_JSON
 
 HARMONIC_FORMULA = "n = NLL/(D ln 2), k = KL/(d ln 2), H = 2nk/(n+k)"
@@ -28,9 +28,10 @@ CAVEAT = ("H goes to 0 as k goes to 0, so a collapsed posterior (every latent eq
           "reconstructing nothing: read H together with bits/dim and the number of active components.")
 
 
-AUTOENCODER_NOTE = ("deterministic autoencoder: z = mu and no KL, so there is no ELBO, bits/dim bound, importance-"
-                    "weighted bound or harmonic metric; its NLL is the decoder's at z = mu, and its prior samples mean "
-                    "nothing, since no KL pulls the codes toward N(0, I)")
+AUTOENCODER_NOTE = ("autoencoder with a point latent (deterministic AE or AAE): z = mu and no KL, so there is no "
+                    "ELBO, bits/dim bound, importance-weighted bound or harmonic metric; its NLL is the decoder's at "
+                    "z = mu; prior samples mean something only as far as prior_match shows the codes spread like "
+                    "N(0, I) (the AAE's discriminator pulls them there, a plain AE's nothing does)")
 # Metrics that need a posterior distribution and its KL; an autoencoder's report leaves them out.
 NOT_FOR_AUTOENCODERS = ("kl", "kl_bits_per_component", "neg_elbo", "bpd", "harmonic_n", "harmonic_k", "harmonic",
                         "harmonic_continuous_n", "harmonic_continuous", "harmonic_per_pixel_n", "harmonic_per_pixel",
@@ -92,10 +93,11 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
     cfg = vae.cfg
     latent = cfg.latent_dim
     warnings: list[str] = []
-    if cfg.model == "ae":
+    if cfg.model != "vae":
         if options.require_kl:
-            raise EvalError("the checkpoint is a deterministic autoencoder: it has no KL, so the harmonic metric "
-                            "(k = KL / (d ln 2)) does not apply; use python -m eval for its reconstruction numbers")
+            raise EvalError(f"the checkpoint is an autoencoder ({cfg.model}) with a point latent: it has no KL, so the "
+                            f"harmonic metric (k = KL / (d ln 2)) does not apply; python -m eval reports its "
+                            f"reconstruction numbers")
         warnings.append(AUTOENCODER_NOTE)
         options = replace(options, iw_samples=0)  # no posterior to importance-sample
     loader = _loader(options.loader, split_dir, options, device, rank, world_size)
@@ -112,7 +114,7 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
     if float(sums["totals"][0]) == 0:
         raise EvalError(f"{split_dir}: no samples were evaluated")
     metrics = summarize(sums, latent)
-    if cfg.model == "ae":
+    if cfg.model != "vae":
         metrics = {key: value for key, value in metrics.items() if key not in NOT_FOR_AUTOENCODERS}
     if fixed is not None:
         fixed |= {"test_nll": metrics["fixed_sigma_nll"], "test_nll_bpd": metrics["fixed_sigma_nll_bpd"]}
@@ -128,6 +130,11 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
     if cfg.likelihood == "bernoulli":
         warnings.append("Bernoulli decoder: every likelihood here (NLL, bits/dim, n and H) is of the binarised images "
                         "(each sub-pixel x >= 128), binary data, not comparable with the 256-level decoders' numbers")
+    adversarial = None
+    if cfg.model == "aae" and rank == 0:
+        from eval.sample_quality import discriminator_accuracy, split_images
+
+        adversarial = discriminator_accuracy(vae, split_images(split_dir, options.quality_images), options.seed)
     quality = None
     if options.judge and rank == 0:
         log(f"sample quality in the feature space of {options.judge} ({options.quality_images} images)")
@@ -158,6 +165,8 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
         "harmonic": {"n": metrics["harmonic_n"], "k": metrics["harmonic_k"], "H": metrics["harmonic"],
                      "formula": HARMONIC_FORMULA, "caveat": CAVEAT} if "harmonic" in metrics else None,
         "active_threshold": ACTIVE_THRESHOLD,
+        "prior_match": prior_match(sums),
+        "discriminator_accuracy": adversarial,
         "per_component": {"kl": (sums["kl_per_dim"] / metrics["images"]).tolist(),
                           "mu_variance": variance.tolist()},
         "fixed_sigma": fixed,

@@ -10,17 +10,11 @@ import torch
 
 from common.plots import save_grid, save_scatter_by_label
 from eval.core import EvalError
-from eval.sample_quality import split_images
-from model import VAE, to_model_range, to_uint8
+from eval.sample_quality import posterior_means, split_images
+from model import VAE, to_uint8
 from shard_builder.read import attribute_index, open_split
 
 MANIFOLD_SIDE = 15  # decoded faces per side of the 2-D manifold grid
-
-
-@torch.no_grad()
-def posterior_means(vae: VAE, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    device = next(vae.parameters()).device
-    return torch.cat([vae.encode(to_model_range(part.to(device)))[0].cpu() for part in images.split(batch_size)])
 
 
 def map_coordinates(mu: torch.Tensor) -> tuple[np.ndarray, tuple[str, str]]:

@@ -103,7 +103,7 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
     totals = torch.zeros(len(names), dtype=torch.float64, device=device)
     kl_per_dim = torch.zeros(latent, dtype=torch.float64, device=device)
     mu_sum = torch.zeros(latent, dtype=torch.float64, device=device)
-    mu_sq_sum = torch.zeros(latent, dtype=torch.float64, device=device)
+    mu_outer = torch.zeros(latent, latent, dtype=torch.float64, device=device)  # second moments: covariance
     histograms = torch.zeros(2, RESIDUAL_BINS, dtype=torch.float64, device=device) if residuals else None
     for batch in batches:
         images = observed(vae.cfg, batch.images.to(device))  # binarised for a Bernoulli decoder
@@ -146,9 +146,9 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
         kl_per_dim += weight @ kl
         mu64 = mu.double()
         mu_sum += weight @ mu64
-        mu_sq_sum += weight @ mu64.square()
+        mu_outer += (mu64 * weight[:, None]).T @ mu64
     sums = {"totals": reduce_sum(totals), "kl_per_dim": reduce_sum(kl_per_dim), "mu_sum": reduce_sum(mu_sum),
-            "mu_sq_sum": reduce_sum(mu_sq_sum)}
+            "mu_outer": reduce_sum(mu_outer)}
     if histograms is not None:
         sums["residuals"] = reduce_sum(histograms)
     sums["names"] = names
@@ -164,11 +164,32 @@ def totals_names(iw_samples: int, reconstructions: bool, fixed_logvar: float | N
     return names
 
 
-def mu_variance(sums: dict) -> torch.Tensor:
-    """Var_x[mu_j] over the split, [d] float64 (population variance, from the reduced first two moments)."""
+def mu_covariance(sums: dict) -> torch.Tensor:
+    """Cov_x[mu] over the split, [d, d] float64 (population covariance, from the reduced first two moments): the
+    aggregate posterior's spread, which the prior N(0, I) asks to be the identity."""
     count = float(sums["totals"][0])
     mean = sums["mu_sum"] / count
-    return (sums["mu_sq_sum"] / count - mean.square()).clamp_min(0.0)
+    return sums["mu_outer"] / count - torch.outer(mean, mean)
+
+
+def mu_variance(sums: dict) -> torch.Tensor:
+    """Var_x[mu_j] over the split, [d] float64."""
+    return mu_covariance(sums).diagonal().clamp_min(0.0)
+
+
+def prior_match(sums: dict) -> dict[str, float]:
+    """How far the posterior means of the split sit from the prior N(0, I): the root-mean-square of their mean,
+    the covariance's eigenvalue range, and |Cov - I|_F / sqrt(d) (0 when the codes are spread like the prior;
+    the posterior variance itself is left out, so a VAE is judged on where its means sit, an AE/AAE whole)."""
+    covariance = mu_covariance(sums)
+    eigenvalues = torch.linalg.eigvalsh(covariance)
+    d = covariance.shape[0]
+    mean = sums["mu_sum"] / float(sums["totals"][0])
+    return {"mean_rms": float(mean.square().mean().sqrt()), "cov_eigenvalue_min": float(eigenvalues[0]),
+            "cov_eigenvalue_max": float(eigenvalues[-1]),
+            "cov_distance_to_identity": float(torch.linalg.matrix_norm(covariance - torch.eye(d, dtype=covariance.dtype,
+                                                                                              device=covariance.device))
+                                              / math.sqrt(d))}
 
 
 def summarize(sums: dict, latent_dim: int, num_dims: int = NUM_DIMS) -> dict[str, float]:

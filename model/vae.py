@@ -25,7 +25,7 @@ from .blocks import DownBlock, ResNeXtBottleneck, UpBlock
 from .layers import num_groups
 from .likelihood import LEVELS, LIKELIHOODS, bernoulli_mean, categorical_mean, logistic_mixture_mean, mixture_channels
 
-MODELS = ("vae", "ae")
+MODELS = ("vae", "ae", "aae")
 
 
 @dataclass
@@ -52,9 +52,12 @@ class VAEConfig:
     #   "categorical"       256-way softmax per sub-pixel (3*256 output channels); mean image = expected level;
     #   "bernoulli"         one Bernoulli per sub-pixel of the binarised image (x >= 128); mean image = P(white).
     likelihood: str = "gaussian_learned"
-    # "vae", or "ae": the deterministic autoencoder of seeds 001-003 (a point latent z = mu, reconstruction loss
-    # only; no posterior variance, so no KL, ELBO or harmonic metric, and prior samples mean nothing).
+    # "vae"; "ae": the deterministic autoencoder of seeds 001-003 (a point latent z = mu, reconstruction loss
+    # only; no posterior variance, so no KL, ELBO or harmonic metric, and prior samples mean nothing); "aae": the
+    # adversarial autoencoder of seed 002 (a point latent whose aggregate distribution a discriminator on z
+    # pulls toward N(0, I)).
     model: str = "vae"
+    discriminator_width: int = 256  # "aae": hidden width of the latent discriminator
     num_mixtures: int = 10  # components of the logistic mixture (10K decoder output channels)
     # Running average of the shared sigma^2: decay min(shared_sigma_decay, (1 + n) / (10 + n)) at update n.
     shared_sigma_decay: float = 0.99
@@ -210,7 +213,7 @@ class Encoder(nn.Module):
         self.act = nn.SiLU()
         self.conv_out = nn.Conv2d(c, cfg.bottleneck_channels, 3, padding=1)
         flat = cfg.latent_resolution**2 * cfg.bottleneck_channels
-        self.to_latent = nn.Linear(flat, (2 if cfg.model == "vae" else 1) * cfg.latent_dim)
+        self.to_latent = nn.Linear(flat, (2 if cfg.model == "vae" else 1) * cfg.latent_dim)  # AE, AAE: mu only
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mu, logvar) of the posterior; logvar is None for the deterministic autoencoder (z = mu)."""
@@ -219,7 +222,7 @@ class Encoder(nn.Module):
             h = stage(h)
         h = self.conv_out(self.act(self.norm_out(self.mid(h))))
         latent = _outside_autocast(self.to_latent, h.flatten(1))
-        if self.cfg.model == "ae":
+        if self.cfg.model != "vae":
             return latent, None
         mu, logvar = latent.chunk(2, dim=1)
         return mu, logvar.clamp(*self.cfg.enc_logvar_range)
@@ -286,12 +289,26 @@ class Decoder(nn.Module):
         return out, torch.full((), cfg.fixed_logvar, device=out.device, dtype=out.dtype)
 
 
+class LatentDiscriminator(nn.Module):
+    """The adversarial autoencoder's critic: z [B, d] -> the logit that z was drawn from the prior N(0, I)."""
+
+    def __init__(self, latent_dim: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                                 nn.Linear(width, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.float()).squeeze(1)
+
+
 class VAE(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        if cfg.model == "aae":
+            self.discriminator = LatentDiscriminator(cfg.latent_dim, cfg.discriminator_width)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)

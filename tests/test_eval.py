@@ -141,7 +141,7 @@ def test_harmonic_metric_and_bits_per_dim_on_hand_computed_values():
     assert harmonic_metric(5 * D * ln2, 0.0, latent_dim=64).h == 0.0  # collapsed posterior: H = 0 (the caveat)
     sums = {"totals": torch.tensor([4.0, 8.0, 4 * 2 * D * ln2, 4 * 0.5 * 128 * ln2], dtype=torch.float64),
             "kl_per_dim": torch.zeros(128, dtype=torch.float64), "mu_sum": torch.zeros(128, dtype=torch.float64),
-            "mu_sq_sum": torch.ones(128, dtype=torch.float64)}
+            "mu_outer": torch.eye(128, dtype=torch.float64)}
     summary = summarize(sums, 128)
     assert summary["nll_bpd"] == pytest.approx(2.0) and summary["gaussian_nll"] == pytest.approx(2.0)
     assert summary["bpd"] == pytest.approx(2.0 + 0.5 * 128 / D)
@@ -439,8 +439,45 @@ def test_deterministic_autoencoder_trains_evaluates_and_refuses_the_kl_metrics(s
     report = json.loads((tmp_path / "eval-test.json").read_text())
     assert report["harmonic"] is None and "bpd" not in report["metrics"] and "iw_nll" not in report["metrics"]
     assert report["metrics"]["discretized_nll"] > 0 and math.isfinite(report["metrics"]["psnr"])
-    assert any("deterministic autoencoder" in warning for warning in report["warnings"])
+    assert any("point latent" in warning for warning in report["warnings"])
     capsys.readouterr()
     assert bonus_1.main(split) == 1
     err = " ".join(capsys.readouterr().err.split())
-    assert "deterministic autoencoder: it has no KL, so the harmonic metric" in err
+    assert "an autoencoder (ae) with a point latent: it has no KL, so the harmonic metric" in err
+
+
+def test_prior_match_of_known_codes():
+    from model.split_pass import prior_match
+
+    torch.manual_seed(0)
+    for scale, shift in ((1.0, 0.0), (0.5, 2.0)):
+        mu = (torch.randn(20_000, 8) * scale + shift).double()
+        sums = {"totals": torch.tensor([len(mu)], dtype=torch.float64), "mu_sum": mu.sum(0), "mu_outer": mu.T @ mu}
+        match = prior_match(sums)
+        assert match["mean_rms"] == pytest.approx(shift, abs=0.02)
+        # Cov = scale^2 I (up to sampling noise): |Cov - I|_F / sqrt(d) = |scale^2 - 1|
+        assert match["cov_distance_to_identity"] == pytest.approx(abs(scale**2 - 1), abs=0.03)
+        assert match["cov_eigenvalue_min"] == pytest.approx(scale**2, rel=0.1)
+
+
+def test_adversarial_autoencoder_pulls_the_codes_toward_the_prior(synthetic_shards, tmp_path):
+    """lambda (--beta) > 0 brings the codes closer to N(0, I) than lambda = 0 on the valid split (a 4-d latent, so
+    its 20 images pin the covariance down), and the discriminator can no longer tell them from prior draws."""
+    from train.run import main as train_main
+
+    match = {}
+    for weight in ("0", "3000"):
+        run = tmp_path / f"aae-lambda{weight}"
+        assert train_main(["--shards", str(synthetic_shards), "--out", str(run), "--model", "aae", "--beta", weight,
+                           "--kl-anneal", "none", "--preset", "tiny", "--latent-dim", "4", "--batch-size", "16",
+                           "--epochs", "4",
+                           "--lr", "2e-3", "--compile", "off", "--precision", "fp32", "--no-figures"]) == 0
+        steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert all(0 <= r["discriminator_accuracy"] <= 1 and r["discriminator_loss"] > 0 for r in steps
+                   if r["kind"] == "step")
+        assert eval_main(["--checkpoint", str(run), "--shards", str(synthetic_shards / "valid"), "--out",
+                          str(run / "eval")]) == 0
+        report = json.loads((run / "eval" / "eval-valid.json").read_text())
+        assert 0 <= report["discriminator_accuracy"] <= 1
+        match[weight] = (report["prior_match"]["cov_distance_to_identity"], report["discriminator_accuracy"])
+    assert match["3000"][0] < match["0"][0] and match["3000"][1] < match["0"][1], match

@@ -9,6 +9,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from model import VAE, decoder_nll, decoder_std, kl_diag_gaussian, observed, to_model_range
 
@@ -16,7 +17,11 @@ from model import VAE, decoder_nll, decoder_std, kl_diag_gaussian, observed, to_
 # Gaussian decoders, the discretized NLL itself for the logistic mixture (whose density is a probability).
 # Two diagnostics: the decoder's standard deviation in grey levels (model.decoder_std) and the posterior's,
 # the mean over latent components of q(z|x)'s sigma (latent units; 1 is the prior's).
-STAT_NAMES = ("loss", "gaussian_nll", "discretized_nll", "kl", "decoder_std", "posterior_std")
+# The adversarial autoencoder's three (zero for the other models): the generator loss (the encoder fooling the
+# discriminator; weighted by beta, the AAE's lambda), the discriminator's loss and its accuracy on prior draws
+# against codes.
+STAT_NAMES = ("loss", "gaussian_nll", "discretized_nll", "kl", "decoder_std", "posterior_std", "generator_loss",
+              "discriminator_loss", "discriminator_accuracy")
 GREY_LEVELS_PER_UNIT = 127.5  # model units -> 0..255 pixel units
 
 
@@ -41,13 +46,34 @@ class VAEObjective(nn.Module):
         else:
             kl, posterior_std = kl_diag_gaussian(out.mu, out.logvar), torch.exp(0.5 * out.logvar.float()).mean()
         loss = nll.train + kl_weight * kl
+        adversarial = torch.zeros(3, device=images.device)
+        if self.vae.cfg.model == "aae":
+            generator, discriminator, accuracy = self.adversarial_terms(out.mu)
+            loss = loss + kl_weight * generator + discriminator
+            adversarial = torch.stack([generator.mean(), discriminator.mean(), accuracy])
         if self.perceptual is not None:
             loss = loss + self.perceptual_weight * self.perceptual(out.x_mean.float(), x)
         loss = loss.mean()
-        stats = torch.stack([loss, nll.train.mean(), nll.discretized.mean(), kl.mean(),
-                             GREY_LEVELS_PER_UNIT * decoder_std(self.vae.cfg, out.x_params, len(images)).mean(),
-                             posterior_std]).detach()
+        stats = torch.cat([torch.stack([loss, nll.train.mean(), nll.discretized.mean(), kl.mean(),
+                                        GREY_LEVELS_PER_UNIT * decoder_std(self.vae.cfg, out.x_params,
+                                                                           len(images)).mean(),
+                                        posterior_std]), adversarial]).detach()
         return loss, stats
+
+    def adversarial_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Seed 002's regularisation phase, per image: the discriminator's loss (prior draws are real, codes fake;
+        it reaches only the discriminator) and the generator's (codes taken for real; it reaches only the
+        encoder, through a detached copy of the discriminator), plus the discriminator's accuracy. Summed into
+        one step with the reconstruction loss, each term updates only its own parameters."""
+        critic = self.vae.discriminator
+        real, fake = critic(torch.randn_like(z)), critic(z.detach())
+        discriminator = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real), reduction="none")
+                         + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction="none"))
+        frozen = {name: value.detach() for name, value in critic.named_parameters()}
+        fooled = torch.func.functional_call(critic, frozen, (z,))
+        generator = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled), reduction="none")
+        accuracy = ((real > 0).float().mean() + (fake < 0).float().mean()) / 2
+        return generator, discriminator, accuracy
 
 
 def kl_weight(step: int, schedule: str, beta: float, anneal_steps: int, cycle_ramp: float) -> float:
