@@ -81,12 +81,17 @@ def save_loss_curves(path: Path, steps: Sequence[dict], epochs: Sequence[dict]) 
 
 def save_diagnostics(path: Path, steps: Sequence[dict], epochs: Sequence[dict]) -> Path:
     """Bits/dim (negative ELBO; train per logged step, valid per epoch), the decoder's sigma and the posterior's
-    sigma over training."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = (("bpd", "bits / dim (negative ELBO)", "bits per sub-pixel"),
+    sigma over training; for an adversarial autoencoder also its discriminator's and generator's losses."""
+    panels = [("bpd", "bits / dim (negative ELBO)", "bits per sub-pixel"),
               ("decoder_std", "decoder sigma", "grey levels (0..255)"),
-              ("posterior_std", "posterior sigma, mean over components", "latent units (prior: 1)"))
-    for ax, (key, name, unit) in zip(axes, panels):
+              ("posterior_std", "posterior sigma, mean over components", "latent units (prior: 1)")]
+    if any(s.get("discriminator_loss") for s in steps):
+        panels += [("discriminator_loss", "discriminator loss (BCE, real + fake)", "nats"),
+                   ("generator_loss", "generator loss (BCE, codes taken for real)", "nats"),
+                   ("discriminator_accuracy", "discriminator accuracy", "share correct (0.5: fooled)")]
+    rows = -(-len(panels) // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(15, 4 * rows), squeeze=False)
+    for ax, (key, name, unit) in zip(axes.flat, panels):
         logged = [s for s in steps if key in s]
         if logged:
             ax.plot([s["step"] for s in logged], [s[key] for s in logged], color="tab:blue", alpha=0.6,
