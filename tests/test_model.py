@@ -321,7 +321,14 @@ def test_tiny_preset_forward_backward_batch32():
     assert torch.isfinite(loss)
 
 
-PARAM_BOUNDS = {"tiny": (1e5, 3e6), "base": (5e6, 5e7), "large": (1e7, 1e8)}
+PARAM_BOUNDS = {"tiny": (1e5, 3e6), "cpu": (1e5, 3e6), "base": (5e6, 5e7), "large": (1e7, 1e8)}
+
+
+def test_cpu_preset_is_the_cheap_decoder_with_the_mixture_and_overrides_still_apply():
+    vae = create_vae("cpu")
+    assert vae.cfg.likelihood == "logistic_mixture" and vae.cfg.decoder_norm == "none"
+    assert vae.decoder.stages[-1][0].mode == "pixel_shuffle" and len(vae.decoder.stages[-1][1]) == 0
+    assert create_vae("cpu", likelihood="gaussian_shared").cfg.likelihood == "gaussian_shared"
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
