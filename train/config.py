@@ -20,7 +20,9 @@ class TrainConfig:
     model: str = "vae"  # vae | ae (deterministic autoencoder: z = mu, reconstruction loss only)
     preset: str = "tiny"
     latent_dim: int = 0  # 0 = the preset's
-    likelihood: str = "gaussian_learned"  # gaussian_learned | gaussian_fixed | gaussian_shared | logistic_mixture
+    # "" = the preset's (gaussian_learned, or the cpu preset's logistic_mixture) | gaussian_learned | gaussian_fixed
+    # | gaussian_shared | logistic_mixture | categorical | bernoulli
+    likelihood: str = ""
     # optimisation
     batch_size: int = 32  # per process; the seed warns that very large batches collapse to the mean
     epochs: int = 10

@@ -149,7 +149,7 @@ def setup(cfg: TrainConfig) -> Run:
     valid_loader = make_loader(cfg.loader, shards / "valid", cfg.batch_size, device, rank=rank, world_size=world,
                                seed=cfg.seed, shuffle=False, drop_last=False, num_workers=cfg.num_workers)
 
-    overrides = {"model": cfg.model, "likelihood": cfg.likelihood}
+    overrides = {"model": cfg.model} | ({"likelihood": cfg.likelihood} if cfg.likelihood else {})
     overrides |= {"latent_dim": cfg.latent_dim} if cfg.latent_dim else {}
     vae = create_vae(cfg.preset, **overrides).to(device)
     perceptual = build_perceptual(cfg.perceptual, device) if cfg.perceptual else None
