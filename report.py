@@ -378,6 +378,6 @@ def write_pdf(page: Path) -> Path | None:
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                         "--disable-background-networking", "--disable-component-update", "--no-pdf-header-footer",
-                        f"--user-data-dir={profile}", f"--print-to-pdf={pdf}", page.as_uri()],
+                        f"--user-data-dir={profile}", f"--print-to-pdf={pdf.resolve()}", page.resolve().as_uri()],
                        capture_output=True, timeout=180, check=True)
     return pdf

@@ -52,6 +52,16 @@ def test_report_of_a_bare_run_has_its_sections_and_no_broken_image(tiny_run, tmp
     assert images == 6 and broken == 0
 
 
+def test_pdf_of_a_page_given_by_a_relative_path(tiny_run, tmp_path, monkeypatch):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed")
+    from report import write_pdf
+
+    monkeypatch.chdir(tmp_path)
+    write_report(Path("report"), tiny_run)  # the demo's default work folder is relative: runs/demo
+    assert write_pdf(Path("report") / "index.html").stat().st_size > 10_000
+
+
 def test_the_browser_check_does_see_a_broken_image(tiny_run, tmp_path):
     page = write_report(tmp_path / "report", tiny_run)
     next((tmp_path / "report" / "img").glob("*reconstructions*")).unlink()
