@@ -132,9 +132,10 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
                         "(each sub-pixel x >= 128), binary data, not comparable with the 256-level decoders' numbers")
     adversarial = None
     if cfg.model == "aae" and rank == 0:
-        from eval.sample_quality import discriminator_accuracy, split_images
+        from eval.sample_quality import discriminator_accuracy
+        from loaders.shards import first_images
 
-        adversarial = discriminator_accuracy(vae, split_images(split_dir, options.quality_images), options.seed)
+        adversarial = discriminator_accuracy(vae, first_images(split_dir, options.quality_images), options.seed)
     quality = None
     if options.judge and rank == 0:
         log(f"sample quality in the feature space of {options.judge} ({options.quality_images} images)")
@@ -176,7 +177,8 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
 
 
 def _sample_quality(vae: VAE, split_dir: Path, options: EvalOptions, device) -> dict:
-    from eval.sample_quality import sample_quality, split_images, split_mean_image
+    from eval.sample_quality import sample_quality, split_mean_image
+    from loaders.shards import first_images
     from model.classifier import load_classifier
 
     siblings = {name: split_dir.parent / name for name in ("train", "valid")}
@@ -185,8 +187,8 @@ def _sample_quality(vae: VAE, split_dir: Path, options: EvalOptions, device) -> 
             raise EvalError(f"{path}: --judge also needs the {name} split beside {split_dir} (the mean face comes "
                             f"from train, the real-vs-real reference distance from valid)")
     judge, _ = load_classifier(options.judge, device)
-    images = split_images(split_dir, options.quality_images)
-    reference = split_images(siblings["valid"], options.quality_images)
+    images = first_images(split_dir, options.quality_images)
+    reference = first_images(siblings["valid"], options.quality_images)
     return {"judge": options.judge, **sample_quality(vae, judge, images, split_mean_image(siblings["train"]),
                                                       reference, options.seed, options.batch_size)}
 

@@ -10,7 +10,8 @@ import torch
 
 from common.plots import save_grid, save_scatter_by_label
 from eval.core import EvalError
-from eval.sample_quality import posterior_means, split_images
+from eval.sample_quality import posterior_means
+from loaders.shards import first_images
 from model import VAE, to_uint8
 from shard_builder.read import attribute_index, open_split
 
@@ -51,6 +52,6 @@ def latent_maps_of_split(vae: VAE, split_dir: Path, attribute: str, limit: int, 
     """The latent maps of the first `limit` images of a split, coloured by `attribute` (a name of dataset.json's)."""
     split = open_split(split_dir)
     index = attribute_index(attribute, split.attribute_names, EvalError)
-    images = split_images(split_dir, limit)
+    images = first_images(split_dir, limit)
     return save_latent_maps(out, vae, images, split.attributes[:len(images), index], split.attribute_names[index],
                             split.name)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from loaders.contract import nchw
 from loaders.shards import decode_members, open_checked, read_members
 from model import VAE, psnr_db, to_model_range, to_uint8
 from model.classifier import AttributeClassifier
@@ -33,13 +32,6 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     root_a = (vectors * values.clamp_min(0).sqrt()) @ vectors.T
     cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
     return float((mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
-
-
-def split_images(split_dir, limit: int) -> torch.Tensor:
-    """The first `limit` images of a split (manifest order), uint8 [N, 3, 64, 64]."""
-    split = open_checked(split_dir)
-    rows = np.arange(min(limit, len(split)))
-    return nchw(decode_members(split, rows, [data for _, data in read_members(split, rows)]))
 
 
 def split_mean_image(split_dir) -> torch.Tensor:

@@ -19,7 +19,9 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from loaders.contract import LoaderError
+import torch
+
+from loaders.contract import LoaderError, nchw
 from shard_builder import format as fmt
 from shard_builder.read import (DATASET_JSON, MANIFEST, BuildError, Split, header_names, index_text, open_split,
                                 parse_header)
@@ -175,3 +177,11 @@ def _decode_jpeg(split: Split, row: int, data: bytes) -> np.ndarray:
         raise LoaderError(f"{split.shards[split.shard_index[row]]}: member {member_name(split, row)} decodes to "
                           f"{pixels.shape}, expected 64x64x3")
     return pixels
+
+
+def first_images(split_dir: Path | str, count: int) -> torch.Tensor:
+    """The first `count` images of a split (manifest order) as uint8 [N, 3, 64, 64], reading only their members
+    (figures and evaluation subsets need a fixed handful, not the whole split decoded)."""
+    split = open_checked(split_dir)
+    rows = np.arange(min(count, len(split)))
+    return nchw(decode_members(split, rows, [data for _, data in read_members(split, rows)]))

@@ -395,5 +395,7 @@ def decoder_nll(likelihood, x_uint8: torch.Tensor, x_mean: torch.Tensor, x_param
         nll = DISCRETE_NLL[name](x_uint8, x_params)
         return NLLTerms(nll, nll)
     x = to_model_range(x_uint8.to(x_mean.device))
-    return NLLTerms(gaussian_nll(x, x_mean, x_params), discretized_gaussian_nll(x_uint8, x_mean, x_params))
+    with torch.no_grad():  # only scored, never differentiated: the training step keeps no graph for it
+        discretized = discretized_gaussian_nll(x_uint8, x_mean, x_params)
+    return NLLTerms(gaussian_nll(x, x_mean, x_params), discretized)
 

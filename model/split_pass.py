@@ -139,7 +139,8 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
         if reconstructions:
             recon = to_uint8(vae.decode(mu)[0]).float()
             per_image["squared_error"] = (recon - images.float()).square().flatten(1).mean(1).double()
-        kl = torch.zeros_like(mu, dtype=torch.float64) if logvar is None else kl_diag_gaussian_per_dim(mu, logvar).double()
+        kl = (torch.zeros_like(mu, dtype=torch.float64) if logvar is None
+              else kl_diag_gaussian_per_dim(mu, logvar).double())
         per_image["count"] = torch.ones_like(weight)
         per_image["kl"] = kl.sum(1)
         totals += torch.stack([per_image[name] for name in names]) @ weight
@@ -185,11 +186,10 @@ def prior_match(sums: dict) -> dict[str, float]:
     eigenvalues = torch.linalg.eigvalsh(covariance)
     d = covariance.shape[0]
     mean = sums["mu_sum"] / float(sums["totals"][0])
+    identity = torch.eye(d, dtype=covariance.dtype, device=covariance.device)
     return {"mean_rms": float(mean.square().mean().sqrt()), "cov_eigenvalue_min": float(eigenvalues[0]),
             "cov_eigenvalue_max": float(eigenvalues[-1]),
-            "cov_distance_to_identity": float(torch.linalg.matrix_norm(covariance - torch.eye(d, dtype=covariance.dtype,
-                                                                                              device=covariance.device))
-                                              / math.sqrt(d))}
+            "cov_distance_to_identity": float(torch.linalg.matrix_norm(covariance - identity) / math.sqrt(d))}
 
 
 def summarize(sums: dict, latent_dim: int, num_dims: int = NUM_DIMS) -> dict[str, float]:

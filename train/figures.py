@@ -3,23 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common.plots import save_diagnostics, save_grid, save_loss_curves
-from loaders.contract import nchw
-from loaders.shards import decode_members, open_checked, read_members
 from model import VAE, observed, to_model_range, to_uint8
 
 TEMPERATURES = (0.2, 0.5, 1.0, 1.5)  # prior sample rows
-
-
-def fixed_figure_images(shards: Path, device: torch.device) -> torch.Tensor:
-    """The first 16 test images (fixed across epochs): 8 to reconstruct, and pairs to interpolate between."""
-    split = open_checked(shards / "test")
-    rows = np.arange(min(16, len(split)))  # reading 16 members, not decoding the whole split
-    members = [data for _, data in read_members(split, rows)]
-    return nchw(decode_members(split, rows, members)).to(device)
 
 
 @torch.no_grad()

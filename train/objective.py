@@ -33,7 +33,7 @@ class VAEObjective(nn.Module):
         self.perceptual_weight = perceptual_weight
 
     def forward(self, images: torch.Tensor, kl_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 [B,3,64,64] -> (scalar loss, [6] per-image means of the STAT_NAMES).
+        """uint8 [B,3,64,64] -> (scalar loss, per-image means of the STAT_NAMES, in their order).
 
         `kl_weight` is a 0-dim tensor (not a float) so the annealing schedule does not recompile the graph.
         """

@@ -27,12 +27,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from loaders import Loader, make_loader
+from loaders.shards import first_images
 from model import VAE, bits_per_dim, create_vae, harmonic_metric
 from model.io import save_vae
 from model.split_pass import split_sums, summarize
 from train.checkpoint import VAE_FOLDER, checkpoint_name, commit_checkpoint, latest_checkpoint, partial_path
 from train.config import TrainConfig, parse_config
-from train.figures import fixed_figure_images, save_samples, write_figures
+from train.figures import save_samples, write_figures
 from train.objective import EMA, STAT_NAMES, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
 
@@ -192,7 +193,8 @@ def setup(cfg: TrainConfig) -> Run:
     return Run(cfg, accelerator, train_loader, valid_loader, vae, ema, ema_vae, step_module, optimizer, scheduler,
                state, LogWindow(torch.zeros(len(STAT_NAMES), device=device)), progress, bar,
                open(cfg.out_path / "metrics.jsonl", "a") if main_process else None,
-               fixed_figure_images(shards, device) if cfg.figures and main_process else None)
+               # The first 16 test images, fixed across epochs: 8 to reconstruct, 4 pairs to interpolate between.
+               first_images(shards / "test", 16).to(device) if cfg.figures and main_process else None)
 
 
 def compiles(cfg: TrainConfig) -> bool:
