@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from train.checkpoint import CheckpointError, list_checkpoints, load_vae
-from train.objective import kl_weight, lr_factor
+from train.objective import AdversarialPhases, VAEObjective, kl_weight, lr_factor
 from train.perceptual import PerceptualError, build_perceptual
 from train.run import NonFiniteLoss, main as train_main
 
@@ -28,6 +28,26 @@ def _run(shards: Path, out: Path, *flags: str) -> None:
 
 def _training_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(checkpoint / "model.safetensors")  # Accelerate's copy of the trained (non-EMA) weights
+
+
+@pytest.mark.parametrize("aae_lambda, moves", [(0.5, True), (1.0, False)])
+def test_adversarial_phases_update_only_the_discriminator_and_the_encoder(aae_lambda, moves):
+    """The regularisation phase after a reconstruction step: the discriminator and the encoder move (at the
+    reconstruction's rate x (1 - lambda) / lambda), the decoder never; lambda = 1 is a plain autoencoder."""
+    from model import create_vae
+
+    torch.manual_seed(0)
+    vae = create_vae("tiny", model="aae", latent_dim=8)
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    _, stats, codes = VAEObjective(vae)(images, torch.tensor(1.0))
+    assert codes.shape == (4, 8) and not codes.requires_grad and stats[-3:].eq(0).all()
+    before = {name: p.detach().clone() for name, p in vae.named_parameters()}
+    phases = AdversarialPhases(vae, aae_lambda, weight_decay=0.0, grad_clip=1.0)
+    generator_loss, critic_loss, accuracy = phases.step(images, codes, lr=1e-3, reduce=lambda t: t).tolist()
+    assert generator_loss > 0 and critic_loss > 0 and 0 <= accuracy <= 1
+    changed = {name.split(".")[0] for name, p in vae.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == ({"discriminator", "encoder"} if moves else set())
+    assert all(p.grad is None for p in vae.parameters())
 
 
 def test_kl_annealing_and_lr_schedules():

@@ -39,7 +39,7 @@ def make_step(preset: str, device: torch.device, compiled: bool, bf16: bool):
 
     def step(images: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = module(images, weight)
+            loss, *_ = module(images, weight)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -55,7 +55,7 @@ def flops_per_image(preset: str, batch_size: int, device: torch.device) -> float
     objective = VAEObjective(create_vae(preset).to(device))
     images = torch.randint(0, 256, (batch_size, 3, 64, 64), dtype=torch.uint8, device=device)
     with FlopCounterMode(display=False) as counter:
-        loss, _ = objective(images, torch.tensor(1.0, device=device))
+        loss, *_ = objective(images, torch.tensor(1.0, device=device))
         loss.backward()
     return counter.get_total_flops() / batch_size
 

@@ -17,7 +17,11 @@ class TrainConfig:
     loader: str = "resident"  # resident | webdataset | dali
     num_workers: int = 2  # webdataset loader worker processes
     # model
-    model: str = "vae"  # vae | ae (deterministic autoencoder: z = mu, reconstruction loss only)
+    # vae | ae (deterministic autoencoder: z = mu, reconstruction loss only) | aae (adversarial autoencoder)
+    model: str = "vae"
+    # aae: seed 002's lambda in (0, 1], the reconstruction's share; the regularisation phase's learning rate is the
+    # reconstruction's times (1 - lambda) / lambda (0.5: equal rates; 1: a plain autoencoder)
+    aae_lambda: float = 0.5
     preset: str = "tiny"
     latent_dim: int = 0  # 0 = the preset's
     # "" = the preset's (gaussian_learned, or the cpu preset's logistic_mixture) | gaussian_learned | gaussian_fixed

@@ -17,9 +17,9 @@ from model import VAE, decoder_nll, decoder_std, kl_diag_gaussian, observed, to_
 # Gaussian decoders, the discretized NLL itself for the logistic mixture (whose density is a probability).
 # Two diagnostics: the decoder's standard deviation in grey levels (model.decoder_std) and the posterior's,
 # the mean over latent components of q(z|x)'s sigma (latent units; 1 is the prior's).
-# The adversarial autoencoder's three (zero for the other models): the generator loss (the encoder fooling the
-# discriminator; weighted by beta, the AAE's lambda), the discriminator's loss and its accuracy on prior draws
-# against codes.
+# The adversarial autoencoder's three (zero for the other models), from its regularisation phase: the generator
+# loss (the encoder fooling the discriminator), the discriminator's loss and its accuracy on prior draws against
+# codes.
 STAT_NAMES = ("loss", "gaussian_nll", "discretized_nll", "kl", "decoder_std", "posterior_std", "generator_loss",
               "discriminator_loss", "discriminator_accuracy")
 GREY_LEVELS_PER_UNIT = 127.5  # model units -> 0..255 pixel units
@@ -32,48 +32,94 @@ class VAEObjective(nn.Module):
         self.perceptual = perceptual
         self.perceptual_weight = perceptual_weight
 
-    def forward(self, images: torch.Tensor, kl_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 [B,3,64,64] -> (scalar loss, per-image means of the STAT_NAMES, in their order).
+    def forward(self, images: torch.Tensor,
+                kl_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 [B,3,64,64] -> (scalar loss, per-image means of the STAT_NAMES in their order, the codes mu).
 
-        `kl_weight` is a 0-dim tensor (not a float) so the annealing schedule does not recompile the graph.
+        `kl_weight` is a 0-dim tensor (not a float) so the annealing schedule does not recompile the graph. For the
+        adversarial autoencoder this is its reconstruction phase; `AdversarialPhases` does the rest with the
+        (detached) codes and fills in the last three stats.
         """
         images = observed(self.vae.cfg, images)  # binarised for a Bernoulli decoder
         x = to_model_range(images)
         out = self.vae(x)
         nll = decoder_nll(self.vae.cfg, images, out.x_mean, out.x_params)
-        if out.logvar is None:  # the deterministic autoencoder: reconstruction only
+        if out.logvar is None:  # the deterministic and adversarial autoencoders: reconstruction only
             kl, posterior_std = torch.zeros_like(nll.train), torch.zeros((), device=images.device)
         else:
             kl, posterior_std = kl_diag_gaussian(out.mu, out.logvar), torch.exp(0.5 * out.logvar.float()).mean()
         loss = nll.train + kl_weight * kl
-        adversarial = torch.zeros(3, device=images.device)
-        if self.vae.cfg.model == "aae":
-            generator, discriminator, accuracy = self.adversarial_terms(out.mu)
-            loss = loss + kl_weight * generator + discriminator
-            adversarial = torch.stack([generator.mean(), discriminator.mean(), accuracy])
         if self.perceptual is not None:
             loss = loss + self.perceptual_weight * self.perceptual(out.x_mean.float(), x)
         loss = loss.mean()
         stats = torch.cat([torch.stack([loss, nll.train.mean(), nll.discretized.mean(), kl.mean(),
                                         GREY_LEVELS_PER_UNIT * decoder_std(self.vae.cfg, out.x_params,
                                                                            len(images)).mean(),
-                                        posterior_std]), adversarial]).detach()
-        return loss, stats
+                                        posterior_std]), torch.zeros(3, device=images.device)]).detach()
+        return loss, stats, out.mu.detach()
 
-    def adversarial_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Seed 002's regularisation phase, per image: the discriminator's loss (prior draws are real, codes fake;
-        it reaches only the discriminator) and the generator's (codes taken for real; it reaches only the
-        encoder, through a detached copy of the discriminator), plus the discriminator's accuracy. Summed into
-        one step with the reconstruction loss, each term updates only its own parameters."""
+
+class AdversarialPhases:
+    """Seed 002's regularisation phase of the adversarial autoencoder, after its reconstruction phase (the
+    objective's step): first the discriminator learns to tell prior draws (real) from the codes the
+    reconstruction phase produced (fake), then the encoder, run again with its updated weights, learns to fool
+    the updated discriminator. Each update has its own AdamW, its own gradient clipping and a learning rate of
+    the reconstruction's times (1 - lambda) / lambda: Adam is blind to a loss's scale, so the seed's weights
+    lambda and 1 - lambda on the two losses would cancel; as a ratio of step sizes they keep their meaning
+    (lambda = 0.5: every phase at the same rate, as in Makhzani et al.; lambda -> 1: a plain autoencoder).
+
+    Runs eagerly beside the compiled, DDP-wrapped reconstruction step; gradients are averaged over ranks by
+    hand, so every rank takes the same steps.
+    """
+
+    def __init__(self, vae: VAE, aae_lambda: float, weight_decay: float, grad_clip: float):
+        if not 0.0 < aae_lambda <= 1.0:
+            raise ValueError(f"the adversarial autoencoder's lambda must be in (0, 1], got {aae_lambda}")
+        self.vae, self.grad_clip = vae, grad_clip
+        self.lr_ratio = (1.0 - aae_lambda) / aae_lambda
+        self.critic_params = list(vae.discriminator.parameters())
+        self.encoder_params = list(vae.encoder.parameters())
+        # beta1 = 0.5, as usual for adversarial updates: less momentum carried across the players' moves.
+        self.critic_optimizer = torch.optim.AdamW(self.critic_params, betas=(0.5, 0.99), weight_decay=weight_decay)
+        self.generator_optimizer = torch.optim.AdamW(self.encoder_params, betas=(0.5, 0.99),
+                                                     weight_decay=weight_decay)
+
+    @property
+    def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        return self.critic_optimizer, self.generator_optimizer
+
+    def step(self, images: torch.Tensor, codes: torch.Tensor, lr: float, reduce) -> torch.Tensor:
+        """uint8 images and the reconstruction phase's codes -> [generator loss, discriminator loss, accuracy].
+        `lr` is the reconstruction phase's current rate; `reduce(tensor)` averages a tensor over ranks."""
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * self.lr_ratio
         critic = self.vae.discriminator
-        real, fake = critic(torch.randn_like(z)), critic(z.detach())
-        discriminator = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real), reduction="none")
-                         + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction="none"))
-        frozen = {name: value.detach() for name, value in critic.named_parameters()}
-        fooled = torch.func.functional_call(critic, frozen, (z,))
-        generator = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled), reduction="none")
+        prior = torch.randn_like(codes)
+        real, fake = critic(prior), critic(codes)
+        critic_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                       + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
         accuracy = ((real > 0).float().mean() + (fake < 0).float().mean()) / 2
-        return generator, discriminator, accuracy
+        self._update(critic_loss, self.critic_params, self.critic_optimizer, reduce)
+
+        mu, _ = self.vae.encoder(to_model_range(observed(self.vae.cfg, images)))
+        frozen = {name: value.detach() for name, value in critic.named_parameters()}
+        fooled = torch.func.functional_call(critic, frozen, (mu,))
+        generator_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        self._update(generator_loss, self.encoder_params, self.generator_optimizer, reduce)
+        return reduce(torch.stack([generator_loss, critic_loss, accuracy]).detach().float())
+
+    def _update(self, loss: torch.Tensor, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+                reduce) -> None:
+        loss.backward()
+        for p in params:
+            if p.grad is not None:
+                p.grad.copy_(reduce(p.grad))
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else math.inf)
+        # A non-finite phase is skipped; if the model itself diverges, the reconstruction step's check stops the run.
+        if torch.isfinite(norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def kl_weight(step: int, schedule: str, beta: float, anneal_steps: int, cycle_ramp: float) -> float:

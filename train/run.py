@@ -34,7 +34,7 @@ from model.split_pass import split_sums, summarize
 from train.checkpoint import VAE_FOLDER, checkpoint_name, commit_checkpoint, latest_checkpoint, partial_path
 from train.config import TrainConfig, parse_config
 from train.figures import save_samples, write_figures
-from train.objective import EMA, STAT_NAMES, VAEObjective, kl_weight, lr_factor
+from train.objective import EMA, STAT_NAMES, AdversarialPhases, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
 
 console = Console()
@@ -99,6 +99,7 @@ class Run:
     ema_vae: VAE  # the EMA weights are copied in to validate, draw and export
     step_module: torch.nn.Module  # the (compiled, DDP-wrapped) VAEObjective
     optimizer: torch.optim.Optimizer
+    adversarial: AdversarialPhases | None  # the adversarial autoencoder's regularisation phase
     scheduler: torch.optim.lr_scheduler.LambdaLR
     state: TrainerState
     window: LogWindow
@@ -155,8 +156,10 @@ def setup(cfg: TrainConfig) -> Run:
     vae = create_vae(cfg.preset, **overrides).to(device)
     perceptual = build_perceptual(cfg.perceptual, device) if cfg.perceptual else None
     objective = VAEObjective(vae, perceptual, cfg.perceptual_weight)
-    decay = [p for p in vae.parameters() if p.ndim >= 2]
-    no_decay = [p for p in vae.parameters() if p.ndim < 2]
+    adversarial = AdversarialPhases(vae, cfg.aae_lambda, cfg.weight_decay, cfg.grad_clip) if cfg.model == "aae" else None
+    autoencoder = [p for name, p in vae.named_parameters() if not name.startswith("discriminator.")]
+    decay = [p for p in autoencoder if p.ndim >= 2]
+    no_decay = [p for p in autoencoder if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99),
                                   fused=True)  # one kernel per step; the CPU has it too, so the tests run it
@@ -176,8 +179,11 @@ def setup(cfg: TrainConfig) -> Run:
     # Compile once (not per epoch), then DDP. The scheduler is stepped by hand, not prepared: Accelerate
     # would step it once per process.
     step_module = torch.compile(objective) if compiles(cfg) else objective
+    if adversarial is not None:  # the AAE's discriminator is in the model, not in the step DDP synchronises
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            step_module, [name for name, _ in step_module.named_parameters() if ".discriminator." in name])
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
-    accelerator.register_for_checkpointing(scheduler, ema, state)
+    accelerator.register_for_checkpointing(scheduler, ema, state, *(adversarial.optimizers if adversarial else ()))
     if cfg.resume:
         resume_from = latest_checkpoint(cfg.out_path) if cfg.resume == "latest" else Path(cfg.resume)
         if resume_from is None:
@@ -190,8 +196,8 @@ def setup(cfg: TrainConfig) -> Run:
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
                         disable=not main_process)
     bar = progress.add_task("train", total=len(train_loader), epoch=state.epoch, stats="")
-    return Run(cfg, accelerator, train_loader, valid_loader, vae, ema, ema_vae, step_module, optimizer, scheduler,
-               state, LogWindow(torch.zeros(len(STAT_NAMES), device=device)), progress, bar,
+    return Run(cfg, accelerator, train_loader, valid_loader, vae, ema, ema_vae, step_module, optimizer, adversarial,
+               scheduler, state, LogWindow(torch.zeros(len(STAT_NAMES), device=device)), progress, bar,
                open(cfg.out_path / "metrics.jsonl", "a") if main_process else None,
                # The first 16 test images, fixed across epochs: 8 to reconstruct, 4 pairs to interpolate between.
                first_images(shards / "test", 16).to(device) if cfg.figures and main_process else None)
@@ -234,7 +240,7 @@ def train_one_epoch(run: Run) -> bool:
             return True
         weight = kl_weight(state.step, cfg.kl_anneal, cfg.beta, cfg.kl_anneal_steps, cfg.kl_cycle_ramp)
         with accelerator.autocast():
-            loss, stats = run.step_module(batch.images, torch.tensor(weight, device=device))
+            loss, stats, codes = run.step_module(batch.images, torch.tensor(weight, device=device))
         accelerator.backward(loss)
         # The clipped norm is computed on the all-reduced gradients, so every rank sees the same value and
         # takes the same branch; this is the step's one CPU-GPU sync.
@@ -245,6 +251,10 @@ def train_one_epoch(run: Run) -> bool:
             raise NonFiniteLoss(f"non-finite loss/gradient at step {state.step} (loss {loss.item():.4g}); "
                                 f"the last good state is saved in {saved}")
         run.optimizer.step()
+        if run.adversarial is not None:
+            with accelerator.autocast():
+                stats[-3:] = run.adversarial.step(batch.images, codes, run.scheduler.get_last_lr()[0],
+                                                  lambda t: accelerator.reduce(t, "mean"))
         if cfg.minutes and not state.planned_steps:
             # Before the scheduler sets the next step's rate from the plan.
             plan_budget(run, state.step + 1, time.perf_counter() - wait_started)
