@@ -79,12 +79,14 @@ def save_loss_curves(path: Path, steps: Sequence[dict], epochs: Sequence[dict]) 
     return _save(fig, path)
 
 
-def save_diagnostics(path: Path, steps: Sequence[dict], epochs: Sequence[dict]) -> Path:
+def save_diagnostics(path: Path, steps: Sequence[dict], epochs: Sequence[dict], point_latent: bool = False) -> Path:
     """Bits/dim (negative ELBO; train per logged step, valid per epoch), the decoder's sigma and the posterior's
-    sigma over training; for an adversarial autoencoder also its discriminator's and generator's losses."""
-    panels = [("bpd", "bits / dim (negative ELBO)", "bits per sub-pixel"),
-              ("decoder_std", "decoder sigma", "grey levels (0..255)"),
-              ("posterior_std", "posterior sigma, mean over components", "latent units (prior: 1)")]
+    sigma over training; for an adversarial autoencoder also its discriminator's and generator's losses. A point
+    latent (the autoencoders) has no KL and no posterior sigma: its bits/dim are the NLL's at z = mu."""
+    panels = [("bpd", "bits / dim (NLL at z = mu)" if point_latent else "bits / dim (negative ELBO)",
+               "bits per sub-pixel"), ("decoder_std", "decoder sigma", "grey levels (0..255)")]
+    if not point_latent:
+        panels.append(("posterior_std", "posterior sigma, mean over components", "latent units (prior: 1)"))
     if any(s.get("discriminator_loss") for s in steps):
         panels += [("discriminator_loss", "discriminator loss (BCE, real + fake)", "nats"),
                    ("generator_loss", "generator loss (BCE, codes taken for real)", "nats"),

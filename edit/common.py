@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from common.errors import UserError
-from model import VAE, psnr_db, to_model_range, to_uint8
+from model import VAE, psnr_db, to_uint8
 from model.classifier import AttributeClassifier, load_classifier, read_classifier_config, resolve_classifier_folder
 from model.io import MODEL_WEIGHTS
 from shard_builder.read import DATASET_JSON, Split, attribute_index, load_dataset_json, open_split
@@ -108,8 +108,7 @@ class EditContext:
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N,3,H,W] (any device) -> posterior means [N, d] on the context's device."""
-        return torch.cat([self.vae.encode(to_model_range(part.to(self.device)))[0]
-                          for part in images.split(self.batch_size)])
+        return self.vae.encode_means(images, self.batch_size)
 
     @torch.no_grad()
     def judge_probs(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,6 @@ import torch
 
 from common.plots import save_grid, save_scatter_by_label
 from eval.core import EvalError
-from eval.sample_quality import posterior_means
 from loaders.shards import first_images
 from model import VAE, to_uint8
 from shard_builder.read import attribute_index, open_split
@@ -33,7 +32,7 @@ def map_coordinates(mu: torch.Tensor) -> tuple[np.ndarray, tuple[str, str]]:
 def save_latent_maps(folder: Path, vae: VAE, images: torch.Tensor, labels: np.ndarray, attribute: str,
                      split_name: str) -> list[Path]:
     """The scatter of mu coloured by `attribute` (labels in {0,1}, one per image), and the manifold for d = 2."""
-    coordinates, axes = map_coordinates(posterior_means(vae, images))
+    coordinates, axes = map_coordinates(vae.encode_means(images).cpu())
     written = [save_scatter_by_label(folder / f"latent_map-{split_name}.png", coordinates, labels.astype(bool),
                                      axes, (f"not {attribute}", attribute),
                                      f"posterior means of {len(images)} {split_name} images, coloured by {attribute}")]

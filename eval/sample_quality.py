@@ -46,19 +46,12 @@ def split_mean_image(split_dir) -> torch.Tensor:
 
 
 @torch.no_grad()
-def posterior_means(vae: VAE, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    device = next(vae.parameters()).device
-    return torch.cat([vae.encode(to_model_range(part.to(device)))[0].cpu() for part in images.split(batch_size)])
-
-
-@torch.no_grad()
 def discriminator_accuracy(vae: VAE, images: torch.Tensor, seed: int) -> float:
     """The adversarial autoencoder's discriminator on a split: the share of prior draws it calls real and of the
     images' codes it calls fake (0.5: the codes are as prior-like as the discriminator can tell)."""
-    mu = posterior_means(vae, images)
-    device = next(vae.parameters()).device
+    mu = vae.encode_means(images)
     prior = torch.randn(mu.shape, generator=torch.Generator().manual_seed(seed))
-    real, fake = vae.discriminator(prior.to(device)), vae.discriminator(mu.to(device))
+    real, fake = vae.discriminator(prior.to(mu.device)), vae.discriminator(mu)
     return float(((real > 0).float().mean() + (fake < 0).float().mean()) / 2)
 
 

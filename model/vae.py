@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from .blocks import DownBlock, ResNeXtBottleneck, UpBlock
 from .layers import num_groups
-from .likelihood import LEVELS, LIKELIHOODS, bernoulli_mean, categorical_mean, logistic_mixture_mean, mixture_channels
+from .likelihood import (LEVELS, LIKELIHOODS, bernoulli_mean, categorical_mean, logistic_mixture_mean, mixture_channels,
+                         to_model_range)
 
 MODELS = ("vae", "ae", "aae")
 
@@ -318,6 +319,12 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)
+
+    @torch.no_grad()
+    def encode_means(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """uint8 [N,3,H,W] on any device -> the posterior means (the codes) [N, d] on the model's device."""
+        device = next(self.parameters()).device
+        return torch.cat([self.encoder(to_model_range(part.to(device)))[0] for part in images.split(batch_size)])
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decoder(z)
