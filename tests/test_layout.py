@@ -8,7 +8,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # `common` sits below every stage; the top-level scripts (demo, its report page, bonus_1) above all of them.
 STAGES = ("common", "shard_builder", "loaders", "model", "train", "eval", "edit", "demo")
-TOP_LEVEL = {"demo": "demo", "report": "demo", "bonus_1": "demo"}
+TOP_LEVEL = {"demo": "demo", "report": "demo", "bonus_1": "demo", "floors": "demo"}
 
 
 def _modules() -> dict[str, Path]:
