@@ -1,10 +1,10 @@
 """The demo's report page: one static `index.html` (no server) gathering a run's data, design, metrics, curves and grids.
 
 Everything shown is read from files the other stages wrote (the shards' dataset.json, the run's config,
-metrics.jsonl and figures, eval / bonus JSON, an autoencoder run of the same preset and its eval JSON, the
-edit folders, benchmark JSON); images are copied next to the page so the folder can be moved
-or zipped as it is. Each section leads with a short table of the
-numbers that matter; every other field of its JSON sits in a collapsed "all fields" list below it.
+metrics.jsonl and figures, eval / bonus JSON, an autoencoder run of the same preset and its eval JSON, a sweep
+folder, the edit folders, benchmark JSON); images are copied next to the page so the folder can be moved or
+zipped as it is. Each section leads with a short table of the numbers that matter; every other field of its
+JSON sits in a collapsed "all fields" list below it.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Collection
 
 from eval.core import CAVEAT
 
@@ -29,6 +30,7 @@ figure { margin: .6em 0; } figcaption { color: #555; font-size: 13px; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .cols { display: flex; flex-wrap: wrap; gap: 0 2em; align-items: flex-start; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 0 1.2em; }
+tr.mark td { background: #e6f4ea; font-weight: 600; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 0 1.2em; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .5em .8em; }
 details { margin: .4em 0 1em; } summary { cursor: pointer; color: #555; }
@@ -110,10 +112,12 @@ def _cell(value) -> str:
     return f"<td class='num'>{_format(value)}</td>" if numeric else f"<td>{_format(value)}</td>"
 
 
-def grid_table(header: list[str], rows: list[list]) -> str:
-    """A table with a header row; numbers right-aligned, snake_case headers shown with spaces (so they wrap)."""
+def grid_table(header: list[str], rows: list[list], marked: Collection[int] = ()) -> str:
+    """A table with a header row; numbers right-aligned, snake_case headers shown with spaces (so they wrap);
+    the rows whose index is in `marked` highlighted."""
     head = "".join(f"<th>{html.escape(str(h).replace('_', ' '))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    body = "".join(("<tr class='mark'>" if i in marked else "<tr>") + "".join(_cell(v) for v in row) + "</tr>"
+                   for i, row in enumerate(rows))
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -390,6 +394,54 @@ def autoencoder_section(page: Page, run: Path, eval_json: Path | None, ae_run: P
             + all_fields(evaluations["autoencoder"], "autoencoder eval: all fields"))
 
 
+# Issue #13's target: a low H that is not bought by a collapsed posterior (bits/dim and active components stay
+# useful); the limits are the report's reading of the sweep, not anything the sweep itself enforces.
+TARGET_H, TARGET_BPD, TARGET_ACTIVE = 1.0, 5.8, 64
+TARGET = f"H < {TARGET_H:g}, bits/dim ≤ {TARGET_BPD:g}, ≥ {TARGET_ACTIVE} active components"
+
+
+def target_misses(result: dict) -> list[str]:
+    """The parts of TARGET a sweep configuration misses (empty: it meets the target)."""
+    checks = ((result["harmonic"] < TARGET_H, f"H ≥ {TARGET_H:g}"),
+              (result["bpd"] <= TARGET_BPD, f"bits/dim > {TARGET_BPD:g}"),
+              (result["active_units"] >= TARGET_ACTIVE, f"active < {TARGET_ACTIVE}"))
+    return [miss for met, miss in checks if not met]
+
+
+def _sweep_verdict(results: list[dict], misses: list[list[str]]) -> str:
+    meeting = [f"d = {r['latent_dim']}, β = {r['beta']:g}" for r, m in zip(results, misses) if not m]
+    if meeting:
+        return (f"{len(meeting)} of {len(results)} configurations meet the target ({TARGET}): "
+                f"{'; '.join(meeting)} (highlighted).")
+    if len(results) == 1:
+        return f"The one configuration does not meet the target ({TARGET})."
+    return f"None of the {len(results)} configurations meets the target ({TARGET})."
+
+
+def sweep_section(page: Page, folder: Path) -> str:
+    """`python -m eval.sweep`'s figure and one row per configuration, the ones meeting TARGET highlighted."""
+    data = _read_json(folder / "sweep.json")
+    if data is None:
+        return f"<p>No sweep.json in {html.escape(str(folder))}.</p>"
+    results = data["results"]
+    misses = [target_misses(r) for r in results]
+    rows = [[r["latent_dim"], f"{r['beta']:g}", r["bpd"], r["psnr"], r["harmonic"], r["harmonic_n"],
+             r["harmonic_k"], r["kl"], f"{r['active_units']} / {r['latent_dim']}",
+             "misses: " + ", ".join(m) if m else "meets"] for r, m in zip(results, misses)]
+    flags = " ".join(data.get("train_flags", []))
+    body = (f"<p>Every configuration trained for {data['minutes']:g} minutes"
+            + (f" with <code>{html.escape(flags)}</code>" if flags else "")
+            + " and evaluated on the test split (<code>python -m eval.sweep</code>). H alone rewards a small KL per "
+              "component, so it is read beside bits/dim, PSNR and the active components.</p>"
+            + f"<p>{html.escape(_sweep_verdict(results, misses))}</p>"
+            + grid_table(["latent", "β", "bits/dim", "PSNR (dB)", "H", "n", "k", "KL (nats)", "active", "target"],
+                         rows, marked={i for i, m in enumerate(misses) if not m}))
+    if (folder / "sweep.png").is_file():
+        body += page.image(folder / "sweep.png", "harmonic metric H against bits/dim and against PSNR, one point "
+                                                 "per configuration")
+    return body
+
+
 def amplify_summary(data: dict) -> str:
     rows = [[c["direction"], c["data_std"], c["score"], c["pixel_change_between_ends"],
              ", ".join(f"{m['attribute']} {m['judge_prob_change']:+.2f}" for m in c["moves"][:3])]
@@ -456,7 +508,7 @@ def bench_section(benches: list[tuple[Path, dict]]) -> str:
 def write_report(out: Path, run: Path, eval_json: Path | None = None, bonus_json: Path | None = None,
                  edit_dirs: dict[str, Path] | None = None, bench_jsons: list[Path] | None = None,
                  title: str = "CelebA VAE report", subtitle: str = "", ae_run: Path | None = None,
-                 ae_eval_json: Path | None = None) -> Path:
+                 ae_eval_json: Path | None = None, sweep_dir: Path | None = None) -> Path:
     """The page in `out`; each optional input adds its section (the AE comparison needs `ae_run`)."""
     out, run = Path(out), Path(run)
     if out.exists():
@@ -470,6 +522,8 @@ def write_report(out: Path, run: Path, eval_json: Path | None = None, bonus_json
     page.section("Design and hyperparameters", design_section(run, config, summary))
     if (eval_json and eval_json.is_file()) or (bonus_json and bonus_json.is_file()):
         page.section("Test metrics", metrics_section(page, eval_json, bonus_json))
+    if sweep_dir is not None:
+        page.section("Latent size and β sweep", sweep_section(page, Path(sweep_dir)))
     for name, folder in (edit_dirs or {}).items():
         page.section(f"Editing: {name}", edit_section(page, name, folder))
     benches = [(path, _read_json(path)) for path in bench_jsons or [] if path.is_file()]

@@ -1,4 +1,5 @@
-"""The report's optional autoencoder-vs-VAE comparison (given an AE run and its eval), absent without them."""
+"""The report's optional sections: the autoencoder-vs-VAE comparison (given an AE run and its eval) and the
+latent size / β sweep (given a sweep folder); each absent when its inputs are not given."""
 from __future__ import annotations
 
 import html
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from report import comparison_sentences, write_report
+from report import TARGET_ACTIVE, TARGET_BPD, comparison_sentences, write_report
 
 
 def _section(text: str, title: str) -> str:
@@ -65,7 +66,7 @@ def test_comparison_section_shows_both_runs_grids_and_their_numbers(compared, tm
 
 def test_report_without_autoencoder_inputs_has_no_comparison_section(tiny_run, tmp_path):
     text = write_report(tmp_path / "report", tiny_run).read_text()
-    assert "Autoencoder vs VAE" not in text
+    assert "Autoencoder vs VAE" not in text and "sweep" not in text
 
 
 def test_comparison_sentences_name_the_model_the_numbers_favour():
@@ -83,3 +84,46 @@ def test_comparison_sentences_name_the_model_the_numbers_favour():
     assert "both models' samples are about as close" in even
     no_judge = numbers | {"fd_t1": None, "fd_floor": None, "fd_recon": None}
     assert not [s for s in comparison_sentences(no_judge, no_judge) if "Fréchet" in s]
+
+
+def _sweep_result(latent: int, beta: float, bpd: float, harmonic: float, active: int) -> dict:
+    """One configuration with the keys `python -m eval.sweep` writes."""
+    return {"latent_dim": latent, "beta": beta, "run": f"runs/sweep/latent{latent}-beta{beta:g}", "bpd": bpd,
+            "psnr": 21.5, "harmonic": harmonic, "harmonic_n": 5.5, "harmonic_k": harmonic / 2, "active_units": active,
+            "kl": 80.0}
+
+
+def _write_sweep(folder: Path, results: list[dict]) -> Path:
+    from common.plots import save_labelled_scatter
+
+    folder.mkdir(parents=True)
+    (folder / "sweep.json").write_text(json.dumps({"minutes": 20.0, "train_flags": ["--preset", "tiny"],
+                                                   "results": results}))
+    save_labelled_scatter(folder / "sweep.png", [([r["bpd"] for r in results], [r["harmonic"] for r in results],
+                                                  "bits/dim", "H")], [str(r["latent_dim"]) for r in results])
+    return folder
+
+
+def test_sweep_section_tables_every_configuration_and_highlights_the_target(tiny_run, tmp_path):
+    results = [_sweep_result(128, 1.0, 5.70, 1.35, 128),  # H too high
+               _sweep_result(2048, 1.0, 5.75, 0.42, 300),  # meets the target
+               _sweep_result(2048, 0.5, 5.95, 0.55, 40)]  # too many bits/dim, too few active components
+    sweep = _write_sweep(tmp_path / "sweep", results)
+    text = write_report(tmp_path / "report", tiny_run, sweep_dir=sweep).read_text()
+    section = _section(text, "Latent size and β sweep")
+    assert "20 minutes" in section and "--preset tiny" in section
+    rows = re.findall(r"<tr( class='mark')?><td class='num'>([\d,]+)</td><td>([\d.]+)</td>", section)
+    assert [(latent, beta, bool(mark)) for mark, latent, beta in rows] == [
+        ("128", "1", False), ("2,048", "1", True), ("2,048", "0.5", False)]
+    assert "misses: H ≥ 1" in section and f"misses: bits/dim > {TARGET_BPD:g}, active < {TARGET_ACTIVE}" in section
+    assert "1 of 3 configurations meet the target" in section and "d = 2048, β = 1 (highlighted)" in section
+    assert "300 / 2048" in section and "0.4200" in section
+    image = re.search(r"<img src='img/([^']+sweep\.png)'", section).group(1)
+    assert (tmp_path / "report" / "img" / image).stat().st_size > 5_000
+
+
+def test_sweep_section_says_when_no_configuration_meets_the_target(tiny_run, tmp_path):
+    sweep = _write_sweep(tmp_path / "sweep", [_sweep_result(16, 1.0, 8.3, 0.17, 13)])
+    section = _section(write_report(tmp_path / "report", tiny_run, sweep_dir=sweep).read_text(),
+                       "Latent size and β sweep")
+    assert "The one configuration does not meet the target" in section and "class='mark'" not in section
