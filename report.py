@@ -303,7 +303,8 @@ def _budget(run: Path) -> str:
     if not summary:
         return ""
     seconds = f", {summary['train_seconds']:.0f} s" if "train_seconds" in summary else ""
-    return f"{summary['step']:,} steps, {summary['epoch']} epochs{seconds}"
+    epochs = f"{summary['epoch']} epoch" + ("" if summary["epoch"] == 1 else "s")
+    return f"{summary['step']:,} steps, {epochs}{seconds}"
 
 
 def _settings_diff(ae_run: Path, run: Path) -> str:
@@ -314,11 +315,12 @@ def _settings_diff(ae_run: Path, run: Path) -> str:
 
 
 def _comparison_numbers(evaluation: dict) -> dict:
-    """The few numbers the AE-vs-VAE table shows, None where the eval JSON lacks them (no judge: no FDs)."""
+    """The few numbers the AE-vs-VAE comparison uses, None where the eval JSON lacks them (no judge: no FDs)."""
     quality = evaluation.get("sample_quality") or {}
     match = evaluation.get("prior_match") or {}
-    return {"psnr": evaluation["metrics"].get("psnr"), "fd_t1": quality.get("fd_samples_t1"),
-            "fd_floor": quality.get("fd_real_reference"), "fd_recon": quality.get("fd_reconstructions"),
+    return {"steps": (evaluation.get("checkpoint_meta") or {}).get("step"), "psnr": evaluation["metrics"].get("psnr"),
+            "fd_t1": quality.get("fd_samples_t1"), "fd_floor": quality.get("fd_real_reference"),
+            "fd_recon": quality.get("fd_reconstructions"),
             "cov": match.get("cov_distance_to_identity"), "eig_min": match.get("cov_eigenvalue_min"),
             "eig_max": match.get("cov_eigenvalue_max"), "mean_rms": match.get("mean_rms")}
 
@@ -340,6 +342,9 @@ def _eigenvalue_range(numbers: dict) -> str | None:
 def comparison_sentences(ae: dict, vae: dict) -> list[str]:
     """What the numbers show, written from them (so the page never claims what its run did not do)."""
     sentences = []
+    if ae["steps"] != vae["steps"] and None not in (ae["steps"], vae["steps"]):
+        sentences.append(f"The autoencoder trained for {ae['steps']:,} steps and the VAE for {vae['steps']:,}: "
+                         f"the two are not compared at the same training budget.")
     if ae["psnr"] is not None and vae["psnr"] is not None:
         gap = ae["psnr"] - vae["psnr"]
         verdict = (f"the {'autoencoder' if gap > 0 else 'VAE'} by {abs(gap):.1f} dB" if abs(gap) >= 0.1

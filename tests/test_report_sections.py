@@ -70,18 +70,20 @@ def test_report_without_autoencoder_inputs_has_no_comparison_section(tiny_run, t
 
 
 def test_comparison_sentences_name_the_model_the_numbers_favour():
-    numbers = {"psnr": 20.0, "fd_t1": 0.9, "fd_floor": 0.2, "fd_recon": 0.4, "cov": 3.0, "eig_min": -1e-17,
-               "eig_max": 40.0, "mean_rms": 1.5}
+    numbers = {"steps": 600, "psnr": 20.0, "fd_t1": 0.9, "fd_floor": 0.2, "fd_recon": 0.4, "cov": 3.0,
+               "eig_min": -1e-17, "eig_max": 40.0, "mean_rms": 1.5}
     vae = numbers | {"psnr": 18.0, "fd_t1": 0.5, "cov": 0.4, "eig_min": 0.1, "eig_max": 0.9}
     text = " ".join(comparison_sentences(numbers, vae))
+    assert "budget" not in text  # same step count
     assert "the autoencoder by 2.0 dB" in text
     assert "0.9 to the test images for the autoencoder and 0.5 for the VAE" in text
     assert "the VAE's samples are closer" in text and "the VAE's codes are closer" in text
     assert "eigenvalues 0 to 40" in text  # a rounding-negative eigenvalue shown as 0
     swapped = " ".join(comparison_sentences(vae, numbers))
     assert "the autoencoder's samples are closer" in swapped and "the VAE by 2.0 dB" in swapped
-    even = " ".join(comparison_sentences(numbers, numbers | {"fd_t1": 0.88}))
+    even = " ".join(comparison_sentences(numbers | {"steps": 150}, numbers | {"fd_t1": 0.88}))
     assert "both models' samples are about as close" in even
+    assert "The autoencoder trained for 150 steps and the VAE for 600: the two are not compared at the same" in even
     no_judge = numbers | {"fd_t1": None, "fd_floor": None, "fd_recon": None}
     assert not [s for s in comparison_sentences(no_judge, no_judge) if "Fréchet" in s]
 
@@ -127,3 +129,4 @@ def test_sweep_section_says_when_no_configuration_meets_the_target(tiny_run, tmp
     section = _section(write_report(tmp_path / "report", tiny_run, sweep_dir=sweep).read_text(),
                        "Latent size and β sweep")
     assert "The one configuration does not meet the target" in section and "class='mark'" not in section
+
