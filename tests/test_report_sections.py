@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import demo
 from report import TARGET_ACTIVE, TARGET_BPD, comparison_sentences, write_report
 
 
@@ -130,3 +131,9 @@ def test_sweep_section_says_when_no_configuration_meets_the_target(tiny_run, tmp
                        "Latent size and β sweep")
     assert "The one configuration does not meet the target" in section and "class='mark'" not in section
 
+
+def test_demo_refuses_a_sweep_folder_without_sweep_json_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--work", str(tmp_path / "work"), "--sweep", str(tmp_path)])
+    assert exit_info.value.code == 2 and "no sweep.json there" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
