@@ -1,7 +1,8 @@
 """The whole chain in one command, ending in a report page:
 
-    data -> build-shards (+ verify) -> loader and trainer benchmarks -> train -> classifiers -> eval (with
-         the judge) -> bonus_1.py -> 3 edits -> report -> hand-in folder
+    data -> build-shards (+ verify) -> loader and trainer benchmarks -> the same preset as a briefly trained
+         autoencoder -> train -> classifiers -> eval (with the judge) -> bonus_1.py -> the autoencoder's eval
+         -> 3 edits -> report -> hand-in folder
 
 Uses the dataset at $CELEBA_ROOT when set, else makes the embedded synthetic CelebA. Training is sized for
 the machine: the `tiny` preset for a few minutes on CPU cores, the `base` preset on a GPU. Every step writes
@@ -26,6 +27,7 @@ from common.device import default_device
 from common.errors import UserError
 
 console = Console()
+WARMUP_STEPS = 200  # the VAE's learning-rate warm-up
 
 
 @dataclass
@@ -40,6 +42,11 @@ def call(main: Callable[[list[str]], int], argv: list[str]) -> None:
     code = main([str(a) for a in argv])
     if code:
         raise RuntimeError(f"exited with code {code}")
+
+
+def resume_flags(run: Path) -> list[str]:
+    """An interrupted training step continues from its last checkpoint."""
+    return ["--resume", "latest"] if (run / "checkpoints").is_dir() else []
 
 
 def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[Step], dict]:
@@ -58,7 +65,7 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
     gpu = default_device().type == "cuda"
     synthetic = root is None
     root = root or work / "synthetic" / "celeba"
-    shards, run, edits = work / "shards", work / "vae", work / "edits"
+    shards, run, ae_run, edits = work / "shards", work / "vae", work / "ae", work / "edits"
     guide, judge = work / "classifiers" / "guide", work / "classifiers" / "judge"
     epochs = args.epochs or (30 if gpu else 4)
     classifier_epochs = args.classifier_epochs or (10 if gpu else 4)
@@ -76,10 +83,16 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
         counts = verify(shards, root, workers=os.cpu_count() or 1)
         console.print("verified byte for byte against the source: " + ", ".join(f"{s} {n:,}" for s, n in counts.items()))
 
-    train_flags = ["--shards", shards, "--out", run, "--preset", "base" if gpu else "tiny", "--epochs", epochs,
-                   "--batch-size", 32, "--lr", 1e-3, "--warmup-steps", 200, "--kl-anneal-steps", 1000,
-                   "--log-every", 25, "--checkpoint-every", 1000]
+    shared_flags = ["--shards", shards, "--preset", "base" if gpu else "tiny", "--batch-size", 32, "--lr", 1e-3,
+                    "--kl-anneal-steps", 1000, "--log-every", 25, "--checkpoint-every", 1000]
+    train_flags = [*shared_flags, "--out", run, "--epochs", epochs, "--warmup-steps", WARMUP_STEPS]
+    # The autoencoder only has to show its reconstructions, interpolations and meaningless prior samples beside
+    # the VAE's, so it gets a quarter of the epochs (about a minute on 2 CPU cores) and, in proportion, a quarter of
+    # the warm-up: its learning rate still peaks and decays within the shorter run.
+    ae_flags = [*shared_flags, "--out", ae_run, "--model", "ae", "--epochs", max(1, epochs // 4),
+                "--warmup-steps", WARMUP_STEPS // 4]
     eval_json, bonus_json = work / "eval" / "eval-test.json", work / "eval" / "bonus_1-test.json"
+    ae_eval_json = work / "eval" / "ae" / "eval-test.json"
     edit_common = ["--vae", run, "--judge", judge, "--shards", shards]
     steps = [
         Step("data", lambda: (root / "list_eval_partition.txt").is_file() or not synthetic, make_data),
@@ -93,8 +106,12 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
                                              *(["--preset", "base", "--steps", 30] if gpu else
                                                ["--preset", "tiny", "--steps", 8, "--warmup", 2,
                                                 "--variants", "eager-fp32,eager-bf16"])])),
+        # Before the VAE, so that the VAE's checkpoint is the newest under runs/: bonus_1.py without --checkpoint
+        # takes the newest, and an autoencoder has no KL to score.
+        Step("train autoencoder", lambda: (ae_run / "train_summary.json").is_file(),
+             lambda: call(train_main, ae_flags + resume_flags(ae_run))),
         Step("train", lambda: (run / "train_summary.json").is_file(),
-             lambda: call(train_main, train_flags + (["--resume", "latest"] if (run / "checkpoints").is_dir() else []))),
+             lambda: call(train_main, train_flags + resume_flags(run))),
         Step("guide classifier", lambda: (guide / "test_accuracy.json").is_file(),
              lambda: call(classifier_main, ["--shards", shards, "--out", guide, "--arch", "cnn", "--seed", 0,
                                             "--epochs", classifier_epochs])),
@@ -106,6 +123,9 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
                                       "--iw-samples", 16 if gpu else 4, "--judge", judge])),
         Step("bonus_1", bonus_json.is_file,
              lambda: call(bonus_main, ["--checkpoint", run, "--shards", shards / "test", "--out", bonus_json.parent])),
+        Step("eval autoencoder", ae_eval_json.is_file,
+             lambda: call(eval_main, ["--checkpoint", ae_run, "--shards", shards / "test", "--out", ae_eval_json.parent,
+                                      "--judge", judge])),
         Step("edit amplify", (edits / "amplify" / "amplify.json").is_file,
              lambda: call(edit_main, ["amplify", *edit_common, "--out", edits / "amplify"])),
         Step("edit guide", (edits / "guide" / "guide.json").is_file,
@@ -115,7 +135,8 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
     ]
     source = f"CelebA at {root}" if not synthetic else f"synthetic CelebA ({args.synthetic_images:,} images)"
     device = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores)"
-    outputs = {"run": run, "shards": shards, "eval_json": eval_json, "bonus_json": bonus_json,
+    outputs = {"run": run, "shards": shards, "eval_json": eval_json, "bonus_json": bonus_json, "ae_run": ae_run,
+               "ae_eval_json": ae_eval_json,
                "edit_dirs": {name: edits / name for name in ("amplify", "guide", "identity")},
                "bench_jsons": [bench / "loaders.json", bench / "train.json"],
                "subtitle": f"{source}; {device}, torch {torch.__version__}"}
@@ -129,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: 4 on CPU, 30 on a GPU)")
     parser.add_argument("--classifier-epochs", type=int, default=0,
                         help="guide/judge classifier epochs (0: 4 on CPU, 10 on a GPU)")
+    parser.add_argument("--sweep", type=Path, help="an existing `python -m eval.sweep` output folder to include in "
+                                                   "the report (the demo does not run a sweep)")
     args = parser.parse_args(argv)
+    if args.sweep and not (args.sweep / "sweep.json").is_file():  # say so now, not after the whole chain
+        parser.error(f"--sweep {args.sweep}: no sweep.json there (python -m eval.sweep --out DIR writes it)")
     root = Path(os.environ["CELEBA_ROOT"]) if os.environ.get("CELEBA_ROOT") else None
     console.rule(f"demo on {'CelebA at ' + str(root) if root else 'synthetic CelebA'} -> {args.work}")
     steps, outputs = plan(args.work, root, args)
@@ -155,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     step_times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
     page = write_report(args.work / "report", outputs["run"], outputs["eval_json"], outputs["bonus_json"],
                         outputs["edit_dirs"], outputs["bench_jsons"],
-                        subtitle=f"{outputs['subtitle']}; demo step times: {step_times}")
+                        subtitle=f"{outputs['subtitle']}; demo step times: {step_times}", ae_run=outputs["ae_run"],
+                        ae_eval_json=outputs["ae_eval_json"], sweep_dir=args.sweep)
     pdf = write_pdf(page)
     console.print(f"step times: {step_times}")
     console.print(f"[green]report:[/green] {page.resolve()}" + (f" and {pdf.resolve()}" if pdf else

@@ -1,9 +1,10 @@
 """The demo's report page: one static `index.html` (no server) gathering a run's data, design, metrics, curves and grids.
 
 Everything shown is read from files the other stages wrote (the shards' dataset.json, the run's config,
-metrics.jsonl and figures, eval / bonus JSON, the edit folders, benchmark JSON); images are copied next to
-the page so the folder can be moved or zipped as it is. Each section leads with a short table of the
-numbers that matter; every other field of its JSON sits in a collapsed "all fields" list below it.
+metrics.jsonl and figures, eval / bonus JSON, an autoencoder run of the same preset and its eval JSON, a sweep
+folder, the edit folders, benchmark JSON); images are copied next to the page so the folder can be moved or
+zipped as it is. Each section leads with a short table of the numbers that matter; every other field of its
+JSON sits in a collapsed "all fields" list below it.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import statistics
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Collection
 
 from eval.core import CAVEAT
 
@@ -27,6 +29,8 @@ th { background: #f6f6f6; } td.num { text-align: right; font-variant-numeric: ta
 figure { margin: .6em 0; } figcaption { color: #555; font-size: 13px; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .cols { display: flex; flex-wrap: wrap; gap: 0 2em; align-items: flex-start; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 0 1.2em; }
+tr.mark td { background: #e6f4ea; font-weight: 600; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 0 1.2em; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .5em .8em; }
 details { margin: .4em 0 1em; } summary { cursor: pointer; color: #555; }
@@ -108,10 +112,12 @@ def _cell(value) -> str:
     return f"<td class='num'>{_format(value)}</td>" if numeric else f"<td>{_format(value)}</td>"
 
 
-def grid_table(header: list[str], rows: list[list]) -> str:
-    """A table with a header row; numbers right-aligned, snake_case headers shown with spaces (so they wrap)."""
+def grid_table(header: list[str], rows: list[list], marked: Collection[int] = ()) -> str:
+    """A table with a header row; numbers right-aligned, snake_case headers shown with spaces (so they wrap);
+    the rows whose index is in `marked` highlighted."""
     head = "".join(f"<th>{html.escape(str(h).replace('_', ' '))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    body = "".join(("<tr class='mark'>" if i in marked else "<tr>") + "".join(_cell(v) for v in row) + "</tr>"
+                   for i, row in enumerate(rows))
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -285,6 +291,162 @@ def health_section(page: Page, run: Path) -> str:
         epoch_table(run)
 
 
+# The grids an autoencoder and a VAE are compared on: each run's newest epoch.
+COMPARED_FIGURES = (("reconstructions_epoch*.png", "reconstructions (decoder mean at z = μ)"),
+                    ("interpolation_epoch*.png", "interpolation z = a·z₁ + (1−a)·z₂ of two test images' μ"),
+                    ("samples_epoch*.png", "prior samples z = T·ε, ε ~ N(0, I), T = 0.2, 0.5, 1.0, 1.5"))
+RUN_PLACES = ("shards", "out", "resume")  # settings that say where a run lives, not how it trained
+
+
+def _budget(run: Path) -> str:
+    summary = _read_json(run / "train_summary.json") or {}
+    if not summary:
+        return ""
+    seconds = f", {summary['train_seconds']:.0f} s" if "train_seconds" in summary else ""
+    epochs = f"{summary['epoch']} epoch" + ("" if summary["epoch"] == 1 else "s")
+    return f"{summary['step']:,} steps, {epochs}{seconds}"
+
+
+def _settings_diff(ae_run: Path, run: Path) -> str:
+    """The training settings in which the autoencoder's run differs from the VAE's, as 'name VAE → AE'."""
+    ae, vae = _read_json(ae_run / "config.json") or {}, _read_json(run / "config.json") or {}
+    keys = sorted(key for key in ae.keys() | vae.keys() if key not in RUN_PLACES and ae.get(key) != vae.get(key))
+    return ", ".join(f"{key} {_format(vae.get(key))} → {_format(ae.get(key))}" for key in keys)
+
+
+def _comparison_numbers(evaluation: dict) -> dict:
+    """The few numbers the AE-vs-VAE comparison uses, None where the eval JSON lacks them (no judge: no FDs)."""
+    quality = evaluation.get("sample_quality") or {}
+    match = evaluation.get("prior_match") or {}
+    return {"steps": (evaluation.get("checkpoint_meta") or {}).get("step"), "psnr": evaluation["metrics"].get("psnr"),
+            "fd_t1": quality.get("fd_samples_t1"), "fd_floor": quality.get("fd_real_reference"),
+            "fd_recon": quality.get("fd_reconstructions"),
+            "cov": match.get("cov_distance_to_identity"), "eig_min": match.get("cov_eigenvalue_min"),
+            "eig_max": match.get("cov_eigenvalue_max"), "mean_rms": match.get("mean_rms")}
+
+
+def _closer(ae: float, vae: float, what: str) -> str:
+    """Which model's distance is lower, or that the two are within 5 % of each other."""
+    if abs(ae - vae) <= 0.05 * max(abs(ae), abs(vae)):
+        return f"both models' {what} are about as close (within 5 %)"
+    return f"the {'autoencoder' if ae < vae else 'VAE'}'s {what} are closer"
+
+
+def _eigenvalue_range(numbers: dict) -> str | None:
+    if numbers["eig_min"] is None:
+        return None
+    # A covariance's eigenvalues are >= 0; a tiny negative one (fewer images than components) is rounding.
+    return f"{max(numbers['eig_min'], 0.0):.2g} to {numbers['eig_max']:.2g}"
+
+
+def comparison_sentences(ae: dict, vae: dict) -> list[str]:
+    """What the numbers show, written from them (so the page never claims what its run did not do)."""
+    sentences = []
+    if ae["steps"] != vae["steps"] and None not in (ae["steps"], vae["steps"]):
+        sentences.append(f"The autoencoder trained for {ae['steps']:,} steps and the VAE for {vae['steps']:,}: "
+                         f"the two are not compared at the same training budget.")
+    if ae["psnr"] is not None and vae["psnr"] is not None:
+        gap = ae["psnr"] - vae["psnr"]
+        verdict = (f"the {'autoencoder' if gap > 0 else 'VAE'} by {abs(gap):.1f} dB" if abs(gap) >= 0.1
+                   else "the same to 0.1 dB")
+        sentences.append(f"Reconstruction: the autoencoder reaches {ae['psnr']:.1f} dB PSNR on the test split and the "
+                         f"VAE {vae['psnr']:.1f} dB, {verdict}.")
+    if ae["fd_t1"] is not None and vae["fd_t1"] is not None:
+        sentences.append(f"Prior samples at T = 1: Fréchet distance {ae['fd_t1']:.3g} to the test images for the "
+                         f"autoencoder and {vae['fd_t1']:.3g} for the VAE (other real images: {vae['fd_floor']:.3g}); "
+                         f"{_closer(ae['fd_t1'], vae['fd_t1'], 'samples')} to the data.")
+    if ae["cov"] is not None and vae["cov"] is not None:
+        sentences.append(f"Codes against the prior N(0, I): |Cov(μ) − I|_F/√d = {ae['cov']:.2f} for the "
+                         f"autoencoder (eigenvalues {_eigenvalue_range(ae)}) and {vae['cov']:.2f} for the VAE "
+                         f"({_eigenvalue_range(vae)}); {_closer(ae['cov'], vae['cov'], 'codes')} to the prior. "
+                         f"For the VAE this counts the means alone: a VAE whose aggregate posterior matches N(0, I) "
+                         f"has Cov(μ) = I minus its mean posterior variance, so it stays above 0 here.")
+    return sentences
+
+
+def autoencoder_section(page: Page, run: Path, eval_json: Path | None, ae_run: Path, ae_eval_json: Path | None) -> str:
+    """The seeds' AE-vs-VAE comparison: the same grids side by side, then the numbers and what they show."""
+    intro = ("<p>The same preset trained as a deterministic autoencoder (<code>--model ae</code>: z = μ, "
+             "reconstruction loss only). Nothing in its loss ties the codes to N(0, I), so decoding z ~ N(0, I) "
+             "shows what the prior samples of a model without the KL term look like. Left the autoencoder, right "
+             "the VAE.</p>")
+    differences = _settings_diff(ae_run, run)
+    if differences:
+        intro += f"<p>Training settings that differ (VAE → autoencoder): {html.escape(differences)}.</p>"
+    figures = ""
+    for pattern, caption in COMPARED_FIGURES:
+        pair = [(path, f"{name}: {caption}") for name, folder in (("autoencoder", ae_run), ("VAE", run))
+                if (path := _latest(folder / "figures", pattern)) is not None]
+        figures += "<div class='pair'>" + "".join(page.image(path, label) for path, label in pair) + "</div>"
+    evaluations = {"autoencoder": _read_json(ae_eval_json), "VAE": _read_json(eval_json)}
+    if not all(evaluations.values()):
+        missing = " and ".join(name for name, data in evaluations.items() if not data)
+        return intro + figures + f"<p class='note'>No test evaluation of the {missing}: no numbers to compare.</p>"
+    numbers = {name: _comparison_numbers(data) for name, data in evaluations.items()}
+    rows = [["training", _budget(ae_run), _budget(run)],
+            *([label, numbers["autoencoder"][key], numbers["VAE"][key]] for key, label in (
+                ("psnr", "test PSNR, decoder mean at μ (dB)"),
+                ("fd_t1", "Fréchet distance: prior samples, T = 1"),
+                ("fd_recon", "Fréchet distance: reconstructions"),
+                ("fd_floor", "Fréchet distance: other real images (valid split), the floor"),
+                ("cov", "codes vs prior: |Cov(μ) − I|_F / √d (0: spread like N(0, I))"),
+                ("mean_rms", "codes vs prior: RMS of the mean of μ (0: centred)"))),
+            ["codes vs prior: eigenvalues of Cov(μ) (prior: all 1)",
+             *(_eigenvalue_range(numbers[name]) for name in ("autoencoder", "VAE"))]]
+    sentences = comparison_sentences(numbers["autoencoder"], numbers["VAE"])
+    return (intro + figures + grid_table(["test split", "autoencoder", "VAE"], rows)
+            + "".join(f"<p>{html.escape(sentence)}</p>" for sentence in sentences)
+            + all_fields(evaluations["autoencoder"], "autoencoder eval: all fields"))
+
+
+# Issue #13's target: a low H that is not bought by a collapsed posterior (bits/dim and active components stay
+# useful); the limits are the report's reading of the sweep, not anything the sweep itself enforces.
+TARGET_H, TARGET_BPD, TARGET_ACTIVE = 1.0, 5.8, 64
+TARGET = f"H < {TARGET_H:g}, bits/dim ≤ {TARGET_BPD:g}, ≥ {TARGET_ACTIVE} active components"
+
+
+def target_misses(result: dict) -> list[str]:
+    """The parts of TARGET a sweep configuration misses (empty: it meets the target)."""
+    checks = ((result["harmonic"] < TARGET_H, f"H ≥ {TARGET_H:g}"),
+              (result["bpd"] <= TARGET_BPD, f"bits/dim > {TARGET_BPD:g}"),
+              (result["active_units"] >= TARGET_ACTIVE, f"active < {TARGET_ACTIVE}"))
+    return [miss for met, miss in checks if not met]
+
+
+def _sweep_verdict(results: list[dict], misses: list[list[str]]) -> str:
+    meeting = [f"d = {r['latent_dim']}, β = {r['beta']:g}" for r, m in zip(results, misses) if not m]
+    if meeting:
+        return (f"{len(meeting)} of {len(results)} configurations meet the target ({TARGET}): "
+                f"{'; '.join(meeting)} (highlighted).")
+    if len(results) == 1:
+        return f"The one configuration does not meet the target ({TARGET})."
+    return f"None of the {len(results)} configurations meets the target ({TARGET})."
+
+
+def sweep_section(page: Page, folder: Path) -> str:
+    """`python -m eval.sweep`'s figure and one row per configuration, the ones meeting TARGET highlighted."""
+    data = _read_json(folder / "sweep.json")
+    if data is None:
+        return f"<p>No sweep.json in {html.escape(str(folder))}.</p>"
+    results = data["results"]
+    misses = [target_misses(r) for r in results]
+    rows = [[r["latent_dim"], f"{r['beta']:g}", r["bpd"], r["psnr"], r["harmonic"], r["harmonic_n"],
+             r["harmonic_k"], r["kl"], f"{r['active_units']} / {r['latent_dim']}",
+             "misses: " + ", ".join(m) if m else "meets"] for r, m in zip(results, misses)]
+    flags = " ".join(data.get("train_flags", []))
+    body = (f"<p>Every configuration trained for {data['minutes']:g} minutes"
+            + (f" with <code>{html.escape(flags)}</code>" if flags else "")
+            + " and evaluated on the test split (<code>python -m eval.sweep</code>). H alone rewards a small KL per "
+              "component, so it is read beside bits/dim, PSNR and the active components.</p>"
+            + f"<p>{html.escape(_sweep_verdict(results, misses))}</p>"
+            + grid_table(["latent", "β", "bits/dim", "PSNR (dB)", "H", "n", "k", "KL (nats)", "active", "target"],
+                         rows, marked={i for i, m in enumerate(misses) if not m}))
+    if (folder / "sweep.png").is_file():
+        body += page.image(folder / "sweep.png", "harmonic metric H against bits/dim and against PSNR, one point "
+                                                 "per configuration")
+    return body
+
+
 def amplify_summary(data: dict) -> str:
     rows = [[c["direction"], c["data_std"], c["score"], c["pixel_change_between_ends"],
              ", ".join(f"{m['attribute']} {m['judge_prob_change']:+.2f}" for m in c["moves"][:3])]
@@ -350,7 +512,9 @@ def bench_section(benches: list[tuple[Path, dict]]) -> str:
 
 def write_report(out: Path, run: Path, eval_json: Path | None = None, bonus_json: Path | None = None,
                  edit_dirs: dict[str, Path] | None = None, bench_jsons: list[Path] | None = None,
-                 title: str = "CelebA VAE report", subtitle: str = "") -> Path:
+                 title: str = "CelebA VAE report", subtitle: str = "", ae_run: Path | None = None,
+                 ae_eval_json: Path | None = None, sweep_dir: Path | None = None) -> Path:
+    """The page in `out`; each optional input adds its section (the AE comparison needs `ae_run`)."""
     out, run = Path(out), Path(run)
     if out.exists():
         shutil.rmtree(out)
@@ -358,9 +522,13 @@ def write_report(out: Path, run: Path, eval_json: Path | None = None, bonus_json
     config = _read_json(run / "config.json") or {}
     summary = _read_json(run / "train_summary.json") or {}
     page.section("Samples and training curves", health_section(page, run))
+    if ae_run is not None:
+        page.section("Autoencoder vs VAE", autoencoder_section(page, run, eval_json, Path(ae_run), ae_eval_json))
     page.section("Design and hyperparameters", design_section(run, config, summary))
     if (eval_json and eval_json.is_file()) or (bonus_json and bonus_json.is_file()):
         page.section("Test metrics", metrics_section(page, eval_json, bonus_json))
+    if sweep_dir is not None:
+        page.section("Latent size and β sweep", sweep_section(page, Path(sweep_dir)))
     for name, folder in (edit_dirs or {}).items():
         page.section(f"Editing: {name}", edit_section(page, name, folder))
     benches = [(path, _read_json(path)) for path in bench_jsons or [] if path.is_file()]

@@ -19,8 +19,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--virtual-time-budget=5000"]
-DEMO_SECTIONS = ("Samples and training curves", "Design and hyperparameters", "Test metrics", "Editing: amplify",
-                 "Editing: guide", "Editing: identity", "Benchmarks")
+DEMO_SECTIONS = ("Samples and training curves", "Autoencoder vs VAE", "Design and hyperparameters", "Test metrics",
+                 "Editing: amplify", "Editing: guide", "Editing: identity", "Benchmarks")
 DEMO_FLAGS = ["--synthetic-images", "1000", "--epochs", "1", "--classifier-epochs", "1"]
 
 
@@ -92,7 +92,8 @@ def test_demo_report_has_every_section_and_every_image_loads(demo_work, tmp_path
         assert f">{section}</h2>" in text, section
     for content in ("synthetic CelebA (1,000 images)", "importance-weighted bound (K = 4)", "harmonic metric H",
                     "bonus_1.py", "loss_curves", "reconstructions", "interpolation", "samples", "amplify_z",
-                    "guide_add_Eyeglasses", "identity_anchor", "x seeds", "data wait share"):
+                    "guide_add_Eyeglasses", "identity_anchor", "x seeds", "data wait share",
+                    "autoencoder: prior samples", "codes vs prior", "model vae → ae"):
         assert content in text, content
     assert text.index("reconstructions") < text.index(">Design and hyperparameters</h2>")  # grids come first
     dom = _browser(page, tmp_path, "--dump-dom", "--window-size=1280,800")
@@ -150,6 +151,7 @@ def test_hand_in_folder_holds_no_pickle_and_reproduces_h(demo_work, tmp_path):
     assert {"checkpoint/model.safetensors", "checkpoint/model.json", "bonus_1.txt", "bonus_1-test.json",
             "report/index.html"} <= set(files)
     assert not [f for f in files if f.endswith((".pkl", ".bin", ".pt", ".pth"))], files
+    assert json.loads((submission / "checkpoint" / "model.json").read_text())["config"]["model"] == "vae"  # not the AE
     exported = json.loads((submission / "bonus_1-test.json").read_text())
     explicit = json.loads((demo_work / "eval" / "bonus_1-test.json").read_text())
     assert exported["harmonic"] == explicit["harmonic"]
