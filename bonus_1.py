@@ -32,7 +32,8 @@ from train.checkpoint import newest_run_checkpoint  # noqa: E402
 
 
 def find_checkpoint(places: list[Path]) -> Path:
-    """The hand-in folder in the first place that has one, else the newest run checkpoint under their runs/."""
+    """The hand-in folder in the first place that has one, else the newest VAE run checkpoint under their runs/ (an
+    autoencoder's, e.g. the demo's comparison run, has no KL and so no H)."""
     for place in places:
         if (place / HANDIN_FOLDER / MODEL_WEIGHTS).is_file():
             return place / HANDIN_FOLDER

@@ -2,10 +2,10 @@
 
     data -> build-shards (+ verify) -> loader and trainer benchmarks -> the same preset as a briefly trained
          autoencoder -> train -> classifiers -> eval (with the judge) -> bonus_1.py -> the autoencoder's eval
-         -> 3 edits -> report -> hand-in folder
+         -> 3 edits -> issue #13's quality floors -> report -> hand-in folder
 
 Uses the dataset at $CELEBA_ROOT when set, else makes the embedded synthetic CelebA. Training is sized for
-the machine: the `tiny` preset for a few minutes on CPU cores, the `base` preset on a GPU. Every step writes
+the machine: the `cpu` preset for a 3.5-minute budget on CPU cores, the `base` preset on a GPU. Every step writes
 into `--work` and is skipped on a re-run when its output is complete; a failing step is named and the
 finished ones are kept.
 """
@@ -27,7 +27,7 @@ from common.device import default_device
 from common.errors import UserError
 
 console = Console()
-WARMUP_STEPS = 200  # the VAE's learning-rate warm-up
+WARMUP_STEPS = 100  # the VAE's learning-rate warm-up
 
 
 @dataclass
@@ -53,6 +53,7 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
     from bonus_1 import main as bonus_main
     from edit.classifier import main as classifier_main
     from edit.cli import main as edit_main
+    from floors import main as floors_main
     from eval.cli import main as eval_main
     from loaders.bench import main as loaders_bench_main
     from shard_builder.build import BuildOptions, build
@@ -67,7 +68,7 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
     root = root or work / "synthetic" / "celeba"
     shards, run, ae_run, edits = work / "shards", work / "vae", work / "ae", work / "edits"
     guide, judge = work / "classifiers" / "guide", work / "classifiers" / "judge"
-    epochs = args.epochs or (30 if gpu else 4)
+    epochs = args.epochs or 30
     classifier_epochs = args.classifier_epochs or (10 if gpu else 4)
     bench = work / "bench"
 
@@ -83,16 +84,23 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
         counts = verify(shards, root, workers=os.cpu_count() or 1)
         console.print("verified byte for byte against the source: " + ", ".join(f"{s} {n:,}" for s, n in counts.items()))
 
-    shared_flags = ["--shards", shards, "--preset", "base" if gpu else "tiny", "--batch-size", 32, "--lr", 1e-3,
-                    "--kl-anneal-steps", 1000, "--log-every", 25, "--checkpoint-every", 1000]
-    train_flags = [*shared_flags, "--out", run, "--epochs", epochs, "--warmup-steps", WARMUP_STEPS]
+    # Issue #13's recipe (README, BENCHMARKS.md): on CPU cores the `cpu` preset trained to a wall-clock budget; on
+    # a GPU the base preset for epochs. --epochs overrides the budget (the tests' short runs).
+    if args.epochs or gpu:
+        budget, ae_budget = ["--epochs", epochs], ["--epochs", max(1, epochs // 4)]
+    else:
+        budget, ae_budget = ["--minutes", args.minutes], ["--minutes", args.minutes / 4]
+    shared_flags = ["--shards", shards, "--preset", "base" if gpu else "cpu", "--batch-size", 32,
+                    "--lr", 1e-3 if gpu else 2e-3, "--kl-anneal-steps", 1000, "--log-every", 25,
+                    "--checkpoint-every", 1000]
+    train_flags = [*shared_flags, "--out", run, *budget, "--warmup-steps", WARMUP_STEPS]
     # The autoencoder only has to show its reconstructions, interpolations and meaningless prior samples beside
-    # the VAE's, so it gets a quarter of the epochs (about a minute on 2 CPU cores) and, in proportion, a quarter of
-    # the warm-up: its learning rate still peaks and decays within the shorter run.
-    ae_flags = [*shared_flags, "--out", ae_run, "--model", "ae", "--epochs", max(1, epochs // 4),
-                "--warmup-steps", WARMUP_STEPS // 4]
+    # the VAE's, so it gets a quarter of the budget (under a minute on 2 CPU cores) and, in proportion, a quarter
+    # of the warm-up: its learning rate still peaks and decays within the shorter run.
+    ae_flags = [*shared_flags, "--out", ae_run, "--model", "ae", *ae_budget, "--warmup-steps", WARMUP_STEPS // 4]
     eval_json, bonus_json = work / "eval" / "eval-test.json", work / "eval" / "bonus_1-test.json"
     ae_eval_json = work / "eval" / "ae" / "eval-test.json"
+    floors_json = work / "floors.json"
     edit_common = ["--vae", run, "--judge", judge, "--shards", shards]
     steps = [
         Step("data", lambda: (root / "list_eval_partition.txt").is_file() or not synthetic, make_data),
@@ -104,7 +112,7 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
         Step("trainer benchmark", (bench / "train.json").is_file,
              lambda: call(train_bench_main, ["--shards", shards, "--json", bench / "train.json",
                                              *(["--preset", "base", "--steps", 30] if gpu else
-                                               ["--preset", "tiny", "--steps", 8, "--warmup", 2,
+                                               ["--preset", "cpu", "--steps", 8, "--warmup", 2,
                                                 "--variants", "eager-fp32,eager-bf16"])])),
         # Before the VAE, so that the VAE's checkpoint is the newest under runs/: bonus_1.py without --checkpoint
         # takes the newest, and an autoencoder has no KL to score.
@@ -132,11 +140,13 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
              lambda: call(edit_main, ["guide", *edit_common, "--guide", guide, "--out", edits / "guide"])),
         Step("edit identity", (edits / "identity" / "identity.json").is_file,
              lambda: call(edit_main, ["identity", *edit_common, "--out", edits / "identity"])),
+        Step("quality floors", floors_json.is_file,
+             lambda: call(floors_main, ["--work", work, "--data", "synthetic" if synthetic else "celeba"])),
     ]
     source = f"CelebA at {root}" if not synthetic else f"synthetic CelebA ({args.synthetic_images:,} images)"
     device = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores)"
     outputs = {"run": run, "shards": shards, "eval_json": eval_json, "bonus_json": bonus_json, "ae_run": ae_run,
-               "ae_eval_json": ae_eval_json,
+               "ae_eval_json": ae_eval_json, "floors_json": floors_json,
                "edit_dirs": {name: edits / name for name in ("amplify", "guide", "identity")},
                "bench_jsons": [bench / "loaders.json", bench / "train.json"],
                "subtitle": f"{source}; {device}, torch {torch.__version__}"}
@@ -147,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("runs/demo"))
     parser.add_argument("--synthetic-images", type=int, default=6000)
-    parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: 4 on CPU, 30 on a GPU)")
+    parser.add_argument("--minutes", type=float, default=3.5, help="the VAE's training budget on CPU cores")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="train for epochs instead of the CPU budget (0: the budget on CPU, 30 epochs on a GPU)")
     parser.add_argument("--classifier-epochs", type=int, default=0,
                         help="guide/judge classifier epochs (0: 4 on CPU, 10 on a GPU)")
     parser.add_argument("--sweep", type=Path, help="an existing `python -m eval.sweep` output folder to include in "
@@ -181,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     page = write_report(args.work / "report", outputs["run"], outputs["eval_json"], outputs["bonus_json"],
                         outputs["edit_dirs"], outputs["bench_jsons"],
                         subtitle=f"{outputs['subtitle']}; demo step times: {step_times}", ae_run=outputs["ae_run"],
-                        ae_eval_json=outputs["ae_eval_json"], sweep_dir=args.sweep)
+                        ae_eval_json=outputs["ae_eval_json"], sweep_dir=args.sweep,
+                        floors_json=outputs["floors_json"])
     pdf = write_pdf(page)
     console.print(f"step times: {step_times}")
     console.print(f"[green]report:[/green] {page.resolve()}" + (f" and {pdf.resolve()}" if pdf else

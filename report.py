@@ -510,10 +510,20 @@ def bench_section(benches: list[tuple[Path, dict]]) -> str:
     return body
 
 
+def floors_section(floors: dict) -> str:
+    """floors.py's checks: each measured value beside its floor, the ones not met highlighted."""
+    rows = [[c["name"], c["value"], c["floor"], {True: "yes", False: "no", None: "-"}[c["passed"]]]
+            for c in floors["checks"]]
+    missed = [i for i, c in enumerate(floors["checks"]) if c["passed"] is False]
+    return (f"<p>Issue #13's floors for {floors['data']} data (<code>python floors.py</code>; not met: highlighted)."
+            f"</p>" + grid_table(["measure", "value", "floor", "met"], rows, marked=missed))
+
+
 def write_report(out: Path, run: Path, eval_json: Path | None = None, bonus_json: Path | None = None,
                  edit_dirs: dict[str, Path] | None = None, bench_jsons: list[Path] | None = None,
                  title: str = "CelebA VAE report", subtitle: str = "", ae_run: Path | None = None,
-                 ae_eval_json: Path | None = None, sweep_dir: Path | None = None) -> Path:
+                 ae_eval_json: Path | None = None, sweep_dir: Path | None = None,
+                 floors_json: Path | None = None) -> Path:
     """The page in `out`; each optional input adds its section (the AE comparison needs `ae_run`)."""
     out, run = Path(out), Path(run)
     if out.exists():
@@ -527,6 +537,9 @@ def write_report(out: Path, run: Path, eval_json: Path | None = None, bonus_json
     page.section("Design and hyperparameters", design_section(run, config, summary))
     if (eval_json and eval_json.is_file()) or (bonus_json and bonus_json.is_file()):
         page.section("Test metrics", metrics_section(page, eval_json, bonus_json))
+    floors = _read_json(floors_json) if floors_json else None
+    if floors:
+        page.section("Quality floors", floors_section(floors))
     if sweep_dir is not None:
         page.section("Latent size and β sweep", sweep_section(page, Path(sweep_dir)))
     for name, folder in (edit_dirs or {}).items():

@@ -3,6 +3,7 @@ loads, a re-run skips finished steps, and a failing step is named with the finis
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--virtual-time-budget=5000"]
 DEMO_SECTIONS = ("Samples and training curves", "Autoencoder vs VAE", "Design and hyperparameters", "Test metrics",
-                 "Editing: amplify", "Editing: guide", "Editing: identity", "Benchmarks")
+                 "Quality floors", "Editing: amplify", "Editing: guide", "Editing: identity", "Benchmarks")
 DEMO_FLAGS = ["--synthetic-images", "1000", "--epochs", "1", "--classifier-epochs", "1"]
 
 
@@ -127,6 +128,9 @@ def test_bonus_1_without_a_checkpoint_finds_the_demo_run(demo_work, tmp_path, mo
     explicit = json.loads((demo_work / "eval" / "bonus_1-test.json").read_text())
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "demo").symlink_to(demo_work)
+    # The demo's autoencoder checkpoint made the newest: passed over, it has no KL and so no H.
+    for weights in (demo_work / "ae" / "checkpoints").glob("step-*/vae/model.safetensors"):
+        os.utime(weights)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(bonus_1, "HERE", tmp_path)  # not the repository's own runs/
     assert bonus_1.main(["--shards", split, "--out", str(tmp_path / "found")]) == 0

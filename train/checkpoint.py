@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from model.io import MODEL_WEIGHTS, CheckpointError, load_vae_folder
+from common.folders import read_meta
+from model.io import MODEL_JSON, MODEL_WEIGHTS, CheckpointError, load_vae_folder
 from model.vae import VAE
 
 VAE_FOLDER = "vae"
@@ -41,12 +42,20 @@ def load_vae(path: Path | str, device: torch.device | str = "cpu") -> tuple[VAE,
     return load_vae_folder(resolve_vae_folder(path), device)
 
 
-def newest_run_checkpoint(root: Path) -> Path | None:
-    """The most recently written run checkpoint anywhere below `root` (e.g. `runs/`), or None."""
+def newest_run_checkpoint(root: Path, model: str = "vae") -> Path | None:
+    """The most recently written run checkpoint of a `model` (vae | ae | aae) anywhere below `root` (e.g. `runs/`),
+    or None. Checkpoints whose model.json cannot be read are passed over."""
     pattern = os.path.join(glob.escape(str(root)), "**", "checkpoints", "step-*", VAE_FOLDER, MODEL_WEIGHTS)
     found = [Path(weights).parent.parent for weights in glob.glob(pattern, recursive=True)]  # follows symlinks
-    found = [step for step in found if not step.name.endswith(".partial")]
+    found = [step for step in found if not step.name.endswith(".partial") and _model_of(step / VAE_FOLDER) == model]
     return max(found, key=lambda step: (step / VAE_FOLDER / MODEL_WEIGHTS).stat().st_mtime_ns, default=None)
+
+
+def _model_of(folder: Path) -> str | None:
+    try:
+        return read_meta(folder, MODEL_WEIGHTS, MODEL_JSON, CheckpointError)["config"].get("model", "vae")
+    except (CheckpointError, KeyError, AttributeError):
+        return None
 
 
 def checkpoint_name(step: int) -> str:
