@@ -324,11 +324,12 @@ def test_tiny_preset_forward_backward_batch32():
 PARAM_BOUNDS = {"tiny": (1e5, 3e6), "cpu": (1e5, 3e6), "base": (5e6, 5e7), "large": (1e7, 1e8)}
 
 
-def test_cpu_preset_is_the_cheap_decoder_with_the_mixture_and_overrides_still_apply():
+def test_cpu_preset_is_the_cheap_decoder_with_shared_sigma_and_overrides_still_apply():
     vae = create_vae("cpu")
-    assert vae.cfg.likelihood == "logistic_mixture" and vae.cfg.decoder_norm == "none"
+    assert vae.cfg.likelihood == "gaussian_shared" and vae.cfg.decoder_norm == "none" and vae.cfg.latent_dim == 256
     assert vae.decoder.stages[-1][0].mode == "pixel_shuffle" and len(vae.decoder.stages[-1][1]) == 0
-    assert create_vae("cpu", likelihood="gaussian_shared").cfg.likelihood == "gaussian_shared"
+    mixture = create_vae("cpu", likelihood="logistic_mixture")
+    assert mixture.cfg.num_mixtures == 3 and mixture.cfg.out_channels == 3 * 10  # K (1 + 3 + 3 + 3) parameters
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
