@@ -161,3 +161,19 @@ def test_bad_input_exits_1_naming_the_value_or_file(trained, tmp_path, capsys):
     # A split folder instead of the shards root.
     assert _edit(dict(trained, shards=trained["shards"] / "test"), "amplify", out, guide=False) == 1
     assert "pass the shards root" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["ae", "aae"])
+def test_autoencoder_checkpoints_load_in_every_edit(trained, tmp_path, model):
+    """The seeds' point-latent models edit like the VAE: their codes are mu, and decoding is the same."""
+    run = tmp_path / model
+    assert train_main(["--shards", str(trained["shards"]), "--out", str(run), "--model", model, "--preset", "tiny",
+                       "--batch-size", "32", "--epochs", "1", "--compile", "off", "--precision", "fp32",
+                       "--no-figures"]) == 0
+    edited = {**trained, "vae": run}
+    out = tmp_path / "edits"
+    assert _edit(edited, "guide", out, "--changes", "add:Eyeglasses", "--steps", "5") == 0
+    assert json.loads((out / "guide.json").read_text())["changes"][0]["guided"]["judge_success"] >= 0
+    assert _edit(edited, "amplify", out, "--candidates", "8", "--probe", "4", guide=False) == 0
+    assert _edit(edited, "identity", out, guide=False) == 0
+    assert {"guide.json", "amplify.json", "identity.json"} <= {p.name for p in out.iterdir()}
