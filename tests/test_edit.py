@@ -163,11 +163,13 @@ def test_bad_input_exits_1_naming_the_value_or_file(trained, tmp_path, capsys):
     assert "pass the shards root" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("model", ["ae", "aae"])
-def test_autoencoder_checkpoints_load_in_every_edit(trained, tmp_path, model):
-    """The seeds' point-latent models edit like the VAE: their codes are mu, and decoding is the same."""
-    run = tmp_path / model
-    assert train_main(["--shards", str(trained["shards"]), "--out", str(run), "--model", model, "--preset", "tiny",
+@pytest.mark.parametrize("flags", [("--model", "ae"), ("--model", "aae"), ("--likelihood", "categorical"),
+                                   ("--likelihood", "bernoulli"), ("--likelihood", "logistic_mixture")])
+def test_other_models_and_decoders_load_in_every_edit(trained, tmp_path, flags):
+    """The seeds' point-latent models and the discrete decoders edit like the Gaussian VAE: codes are mu, and
+    every decoder gives a mean image to show and judge."""
+    run = tmp_path / "run"
+    assert train_main(["--shards", str(trained["shards"]), "--out", str(run), *flags, "--preset", "tiny",
                        "--batch-size", "32", "--epochs", "1", "--compile", "off", "--precision", "fp32",
                        "--no-figures"]) == 0
     edited = {**trained, "vae": run}

@@ -353,6 +353,9 @@ def test_every_decoder_likelihood_trains_and_evaluates(likelihood, synthetic_sha
     if likelihood == "bernoulli":
         assert any("binarised" in warning for warning in report["warnings"])
         assert metrics["nll_bpd"] <= 1.0 + 1e-6 or metrics["nll_bpd"] > 0  # bits of binary data
+    bonus = tmp_path / "bonus"
+    assert bonus_1.main(["--checkpoint", str(run), "--shards", str(synthetic_shards / "test"), "--out", str(bonus)]) == 0
+    assert math.isfinite(json.loads((bonus / "bonus_1-test.json").read_text())["harmonic"]["H"])
 
 
 def test_frechet_distance_known_answers():
