@@ -190,10 +190,11 @@ def _show_eval(report: dict, out: Path) -> None:
                       f"H {m['harmonic']:.4f}  ({HARMONIC_FORMULA}; lower is better)")
     console.print(table)
     print_caveat(report)
-    figure = save_kl_per_component(out / f"kl_per_component-{report['split_name']}.png",
-                                   report["per_component"]["kl"], report["per_component"]["mu_variance"],
-                                   report["active_threshold"])
-    console.print(f"figure: {figure}")
+    if "harmonic" in m:  # a point latent (the autoencoders) has no KL to draw
+        figure = save_kl_per_component(out / f"kl_per_component-{report['split_name']}.png",
+                                       report["per_component"]["kl"], report["per_component"]["mu_variance"],
+                                       report["active_threshold"])
+        console.print(f"figure: {figure}")
 
 
 def main(argv: list[str] | None = None) -> int:

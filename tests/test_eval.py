@@ -443,6 +443,7 @@ def test_deterministic_autoencoder_trains_evaluates_and_refuses_the_kl_metrics(s
     assert report["harmonic"] is None and "bpd" not in report["metrics"] and "iw_nll" not in report["metrics"]
     assert report["metrics"]["discretized_nll"] > 0 and math.isfinite(report["metrics"]["psnr"])
     assert any("point latent" in warning for warning in report["warnings"])
+    assert not (tmp_path / "kl_per_component-test.png").exists()  # no KL, no all-zero figure
     capsys.readouterr()
     assert bonus_1.main(split) == 1
     err = " ".join(capsys.readouterr().err.split())
