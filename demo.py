@@ -114,8 +114,6 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
                                              *(["--preset", "base", "--steps", 30] if gpu else
                                                ["--preset", "cpu", "--steps", 8, "--warmup", 2,
                                                 "--variants", "eager-fp32,eager-bf16"])])),
-        # Before the VAE, so that the VAE's checkpoint is the newest under runs/: bonus_1.py without --checkpoint
-        # takes the newest, and an autoencoder has no KL to score.
         Step("train autoencoder", lambda: (ae_run / "train_summary.json").is_file(),
              lambda: call(train_main, ae_flags + resume_flags(ae_run))),
         Step("train", lambda: (run / "train_summary.json").is_file(),

@@ -19,6 +19,7 @@ import torch
 from common.errors import UserError
 from eval.sigma_fit import fit_global_logvar, histogram_nll
 from loaders import make_loader
+from loaders.shards import first_images
 from model import NUM_DIMS, VAE, bits_per_dim, harmonic_metric
 from model.split_pass import ACTIVE_THRESHOLD, SumReducer, mu_variance, prior_match, split_sums, summarize
 from shard_builder.read import DATASET_JSON
@@ -93,7 +94,7 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
     cfg = vae.cfg
     latent = cfg.latent_dim
     warnings: list[str] = []
-    if cfg.model != "vae":
+    if cfg.point_latent:
         if options.require_kl:
             raise EvalError(f"the checkpoint is an autoencoder ({cfg.model}) with a point latent: it has no KL, so the "
                             f"harmonic metric (k = KL / (d ln 2)) does not apply; python -m eval reports its "
@@ -114,7 +115,7 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
     if float(sums["totals"][0]) == 0:
         raise EvalError(f"{split_dir}: no samples were evaluated")
     metrics = summarize(sums, latent)
-    if cfg.model != "vae":
+    if cfg.point_latent:
         metrics = {key: value for key, value in metrics.items() if key not in NOT_FOR_AUTOENCODERS}
     if fixed is not None:
         fixed |= {"test_nll": metrics["fixed_sigma_nll"], "test_nll_bpd": metrics["fixed_sigma_nll_bpd"]}
@@ -130,16 +131,18 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
     if cfg.likelihood == "bernoulli":
         warnings.append("Bernoulli decoder: every likelihood here (NLL, bits/dim, n and H) is of the binarised images "
                         "(each sub-pixel x >= 128), binary data, not comparable with the 256-level decoders' numbers")
+    # The first images of the split, read once for the rank-0 extras (the AAE's discriminator, sample quality).
+    subset = (first_images(split_dir, options.quality_images)
+              if rank == 0 and (cfg.model == "aae" or options.judge) else None)
     adversarial = None
     if cfg.model == "aae" and rank == 0:
         from eval.sample_quality import discriminator_accuracy
-        from loaders.shards import first_images
 
-        adversarial = discriminator_accuracy(vae, first_images(split_dir, options.quality_images), options.seed)
+        adversarial = discriminator_accuracy(vae, subset, options.seed)
     quality = None
     if options.judge and rank == 0:
         log(f"sample quality in the feature space of {options.judge} ({options.quality_images} images)")
-        quality = _sample_quality(vae, split_dir, options, device)
+        quality = _sample_quality(vae, split_dir, subset, options, device)
     return {
         "split": str(split_dir),
         "split_name": split_dir.name,
@@ -176,9 +179,9 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
     }
 
 
-def _sample_quality(vae: VAE, split_dir: Path, options: EvalOptions, device) -> dict:
+def _sample_quality(vae: VAE, split_dir: Path, images: torch.Tensor, options: EvalOptions, device) -> dict:
+    """`images`: the split's first `quality_images` images."""
     from eval.sample_quality import sample_quality, split_mean_image
-    from loaders.shards import first_images
     from model.classifier import load_classifier
 
     siblings = {name: split_dir.parent / name for name in ("train", "valid")}
@@ -187,7 +190,6 @@ def _sample_quality(vae: VAE, split_dir: Path, options: EvalOptions, device) -> 
             raise EvalError(f"{path}: --judge also needs the {name} split beside {split_dir} (the mean face comes "
                             f"from train, the real-vs-real reference distance from valid)")
     judge, _ = load_classifier(options.judge, device)
-    images = first_images(split_dir, options.quality_images)
     reference = first_images(siblings["valid"], options.quality_images)
     return {"judge": options.judge, **sample_quality(vae, judge, images, split_mean_image(siblings["train"]),
                                                       reference, options.seed, options.batch_size)}

@@ -130,6 +130,11 @@ class VAEConfig:
             self.bottleneck_channels = max(16, 8 * math.ceil(need / 8))
 
     @property
+    def point_latent(self) -> bool:
+        """The autoencoders (ae, aae): z = mu, no posterior variance, so no KL, ELBO or harmonic metric."""
+        return self.model != "vae"
+
+    @property
     def latent_resolution(self) -> int:
         return self.image_size // 2 ** len(self.channels)
 
@@ -223,7 +228,7 @@ class Encoder(nn.Module):
         self.act = nn.SiLU()
         self.conv_out = nn.Conv2d(c, cfg.bottleneck_channels, 3, padding=1)
         flat = cfg.latent_resolution**2 * cfg.bottleneck_channels
-        self.to_latent = nn.Linear(flat, (2 if cfg.model == "vae" else 1) * cfg.latent_dim)  # AE, AAE: mu only
+        self.to_latent = nn.Linear(flat, (1 if cfg.point_latent else 2) * cfg.latent_dim)  # AE, AAE: mu only
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mu, logvar) of the posterior; logvar is None for the deterministic autoencoder (z = mu)."""
@@ -232,7 +237,7 @@ class Encoder(nn.Module):
             h = stage(h)
         h = self.conv_out(self.act(self.norm_out(self.mid(h))))
         latent = _outside_autocast(self.to_latent, h.flatten(1))
-        if self.cfg.model != "vae":
+        if self.cfg.point_latent:
             return latent, None
         mu, logvar = latent.chunk(2, dim=1)
         return mu, logvar.clamp(*self.cfg.enc_logvar_range)

@@ -42,12 +42,12 @@ def load_vae(path: Path | str, device: torch.device | str = "cpu") -> tuple[VAE,
     return load_vae_folder(resolve_vae_folder(path), device)
 
 
-def newest_run_checkpoint(root: Path, model: str = "vae") -> Path | None:
-    """The most recently written run checkpoint of a `model` (vae | ae | aae) anywhere below `root` (e.g. `runs/`),
-    or None. Checkpoints whose model.json cannot be read are passed over."""
+def newest_run_checkpoint(root: Path) -> Path | None:
+    """The most recently written VAE run checkpoint anywhere below `root` (e.g. `runs/`), or None. Autoencoder
+    checkpoints (no KL) and those whose model.json cannot be read are passed over."""
     pattern = os.path.join(glob.escape(str(root)), "**", "checkpoints", "step-*", VAE_FOLDER, MODEL_WEIGHTS)
     found = [Path(weights).parent.parent for weights in glob.glob(pattern, recursive=True)]  # follows symlinks
-    found = [step for step in found if not step.name.endswith(".partial") and _model_of(step / VAE_FOLDER) == model]
+    found = [step for step in found if not step.name.endswith(".partial") and _model_of(step / VAE_FOLDER) == "vae"]
     return max(found, key=lambda step: (step / VAE_FOLDER / MODEL_WEIGHTS).stat().st_mtime_ns, default=None)
 
 

@@ -17,7 +17,7 @@ def write_figures(folder: Path, vae: VAE, images: torch.Tensor, epoch: int, step
     """Loss curves, reconstructions, interpolations on mu (z = a z1 + (1-a) z2) and prior samples per temperature."""
     tag = f"epoch{epoch:03d}"
     save_loss_curves(folder / "loss_curves.png", steps_log, epochs_log)
-    save_diagnostics(folder / "diagnostics.png", steps_log, epochs_log, point_latent=vae.cfg.model != "vae")
+    save_diagnostics(folder / "diagnostics.png", steps_log, epochs_log, point_latent=vae.cfg.point_latent)
     images = observed(vae.cfg, images)  # what the decoder models (binarised for a Bernoulli decoder)
     mu, _ = vae.encode(to_model_range(images[:8]))
     recon = to_uint8(vae.decode(mu)[0])

@@ -331,12 +331,12 @@ def end_of_epoch(run: Run) -> None:
     state.epoch_sums.zero_()
     run.log_record(record)
     if accelerator.is_main_process:
-        if run.vae.cfg.model == "vae":
-            console.print(f"epoch {record['epoch']}: valid NLL {valid['discretized_nll']:.1f} KL {valid['kl']:.1f} "
-                          f"bpd {valid['bpd']:.4f} H {valid['harmonic']:.4f} active {valid['active_units']}/{latent}")
-        else:  # a point latent: no KL, so no ELBO, bits/dim or H
+        if run.vae.cfg.point_latent:  # no KL, so no ELBO, bits/dim or H
             console.print(f"epoch {record['epoch']}: valid NLL at z = mu {valid['discretized_nll']:.1f} "
                           f"({valid['nll_bpd']:.4f} bits/dim) active {valid['active_units']}/{latent}")
+        else:
+            console.print(f"epoch {record['epoch']}: valid NLL {valid['discretized_nll']:.1f} KL {valid['kl']:.1f} "
+                          f"bpd {valid['bpd']:.4f} H {valid['harmonic']:.4f} active {valid['active_units']}/{latent}")
         if run.figure_images is not None:
             write_figures(run.out / "figures", run.ema_vae, run.figure_images, record["epoch"], state.steps_log,
                           state.epochs_log, run.cfg.seed)
