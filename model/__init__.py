@@ -13,6 +13,8 @@ Decoder likelihoods (VAEConfig.likelihood, model.LIKELIHOODS):
     gaussian_shared   sigma-VAE: x_params = 0-dim log-variance; in a training-mode forward it is the batch's
                       closed-form optimum log(MSE); elsewhere (decode, eval mode) the running average kept in
                       the buffer decoder.shared_logvar (saved in the state dict): one global sigma at eval
+    gaussian_rgb      the same with one shared 3x3 covariance of (R, G, B): x_params = [3,3] (batch residual covariance
+                      in training, buffer decoder.shared_cov elsewhere); NLL = rgb_conditionals' chain of 1-D Gaussians
     logistic_mixture  x_params = [B,10K,H,W] PixelCNN++ mixture parameters (K = cfg.num_mixtures, coupled
                       channel means); x_mean = the mixture mean with coupling applied
     categorical       x_params = [B,3*256,H,W] logits of a 256-way softmax per sub-pixel; x_mean = expected level

@@ -147,6 +147,37 @@ def discretized_gaussian_nll(x_uint8: torch.Tensor, mean: torch.Tensor, logvar) 
     return _sum_per_image(discretized_gaussian_nll_per_pixel(x_uint8, mean, logvar))
 
 
+def rgb_cholesky(cov: torch.Tensor) -> torch.Tensor:
+    """Lower-triangular L [3, 3] with L L^T = cov, a 3x3 covariance, written out (no linalg call: the compiled
+    training step keeps it in one graph)."""
+    cov = _f32(cov)
+    l00 = cov[0, 0].sqrt()
+    l10, l20 = cov[1, 0] / l00, cov[2, 0] / l00
+    l11 = (cov[1, 1] - l10.square()).sqrt()
+    l21 = (cov[2, 1] - l20 * l10) / l11
+    l22 = (cov[2, 2] - l20.square() - l21.square()).sqrt()
+    zero = torch.zeros_like(l00)
+    return torch.stack([torch.stack([l00, zero, zero]), torch.stack([l10, l11, zero]), torch.stack([l20, l21, l22])])
+
+
+def rgb_conditionals(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """N(mean, cov) over each pixel's (R, G, B), cov one shared 3x3 matrix, as a chain of 1-D Gaussians:
+    p(x_R) p(x_G | x_R) p(x_B | x_R, x_G). Returns their means [B, 3, H, W] given the observed x (model units)
+    and their log-variances [1, 3, 1, 1].
+
+    With cov = L L^T and x = mean + L e, the earlier channels' observed values fix e_R and e_G, so
+    m_G = mean_G + L10 e_R and m_B = mean_B + L20 e_R + L21 e_G with standard deviations L00, L11, L22 (the
+    coupling of PixelCNN++'s output layer, on residuals: the mean image stays `mean`)."""
+    chol = rgb_cholesky(cov)
+    x, mean = _f32(x), _f32(mean)
+    residual_r, residual_g = (x - mean)[:, 0], (x - mean)[:, 1]
+    e_r = residual_r / chol[0, 0]
+    e_g = (residual_g - chol[1, 0] * e_r) / chol[1, 1]
+    mean_r, mean_g, mean_b = mean.unbind(1)
+    conditional = torch.stack([mean_r, mean_g + chol[1, 0] * e_r, mean_b + chol[2, 0] * e_r + chol[2, 1] * e_g], 1)
+    return conditional, (2.0 * torch.diagonal(chol).log()).view(1, 3, 1, 1)
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -332,7 +363,7 @@ def bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
     return 2.0 * torch.sigmoid(_f32(logits)) - 1.0
 
 
-GAUSSIAN_LIKELIHOODS = ("gaussian_fixed", "gaussian_learned", "gaussian_shared")
+GAUSSIAN_LIKELIHOODS = ("gaussian_fixed", "gaussian_learned", "gaussian_shared", "gaussian_rgb")
 LIKELIHOODS = GAUSSIAN_LIKELIHOODS + ("logistic_mixture", "categorical", "bernoulli")
 
 
@@ -377,6 +408,8 @@ def decoder_std(likelihood, x_params, batch_size: int) -> torch.Tensor:
         weights = torch.softmax(mixture.logit_probs, dim=1).unsqueeze(1)  # [B, 1, K, H, W]
         spread = (weights * mixture.log_scales.exp()).sum(2) * (math.pi / math.sqrt(3.0))
         return _sum_per_image(spread) / spread[0].numel()
+    if name == "gaussian_rgb":  # the shared covariance's per-channel sigmas
+        return torch.diagonal(_f32(x_params)).sqrt().mean().expand(batch_size)
     std = torch.exp(0.5 * _f32(x_params))
     return std.flatten(1).mean(1) if std.ndim else std.expand(batch_size)
 
@@ -387,7 +420,8 @@ def decoder_nll(likelihood, x_uint8: torch.Tensor, x_mean: torch.Tensor, x_param
     `likelihood`: a name in LIKELIHOODS or a VAEConfig. (x_mean, x_params) is what VAE.decode returns (and
     VAEOutput.x_mean / .x_params): for the Gaussians x_params is the log-variance (per pixel, or a 0-dim
     tensor: fixed sigma, or the shared sigma - the batch optimum in training-mode forward, the stored
-    running value in decode()/eval); for the logistic mixture it is the [B, 10K, H, W] parameter tensor and
+    running value in decode()/eval), for gaussian_rgb the shared 3x3 RGB covariance (same two sources), whose
+    masses are those of rgb_conditionals' chain (its training loss is gaussian_shared's); for the logistic mixture it is the [B, 10K, H, W] parameter tensor and
     x_mean is its mean image.
     """
     name = _likelihood_name(likelihood)
@@ -395,6 +429,15 @@ def decoder_nll(likelihood, x_uint8: torch.Tensor, x_mean: torch.Tensor, x_param
         nll = DISCRETE_NLL[name](x_uint8, x_params)
         return NLLTerms(nll, nll)
     x = to_model_range(x_uint8.to(x_mean.device))
+    if name == "gaussian_rgb":
+        # The mean trains on sigma-VAE's loss, one sigma^2 = the covariance's mean variance (the batch MSE in
+        # training): the full covariance's NLL weighs colour errors ~10x above brightness errors and cost 1.8 dB of
+        # PSNR at equal steps (BENCHMARKS.md). The covariance is the closed-form optimum for that mean, and the
+        # evaluation NLL is the full one: each channel's bins given the earlier channels' observed values.
+        train = gaussian_nll(x, x_mean, torch.diagonal(_f32(x_params)).mean().log())
+        with torch.no_grad():
+            discretized = discretized_gaussian_nll(x_uint8, *rgb_conditionals(x, x_mean, x_params))
+        return NLLTerms(train, discretized)
     with torch.no_grad():  # only scored, never differentiated: the training step keeps no graph for it
         discretized = discretized_gaussian_nll(x_uint8, x_mean, x_params)
     return NLLTerms(gaussian_nll(x, x_mean, x_params), discretized)

@@ -399,7 +399,7 @@ def test_decoder_nll_gaussians_unchanged_and_mixture_is_discretized():
     terms = decoder_nll("logistic_mixture", x8, logistic_mixture_mean(raw), raw)
     torch.testing.assert_close(terms.train, discretized_logistic_mixture_nll(x8, raw))
     assert torch.equal(terms.train, terms.discretized)
-    assert set(LIKELIHOODS) == {"gaussian_fixed", "gaussian_learned", "gaussian_shared", "logistic_mixture",
+    assert set(LIKELIHOODS) == {"gaussian_fixed", "gaussian_learned", "gaussian_shared", "gaussian_rgb", "logistic_mixture",
                                 "categorical", "bernoulli"}
     with pytest.raises(ValueError):
         decoder_nll("poisson", x8, mean, logvar)
@@ -463,3 +463,70 @@ def test_discrete_decoders_have_finite_gradients_at_extreme_logits(name):
     nll = decoder_nll(name, x, torch.zeros(2, 3, 2, 2), params)
     nll.train.sum().backward()
     assert torch.isfinite(nll.train).all() and torch.isfinite(params.grad).all() and (nll.discretized >= 0).all()
+
+
+# ----------------------------------------------------------------------------- shared RGB covariance
+
+RGB_COV = torch.tensor([[0.0167, 0.0127, 0.0114], [0.0127, 0.0155, 0.0127], [0.0114, 0.0127, 0.0155]])  # a run's
+
+
+def _rgb_mass_independent(x8: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """P(bin of x) per pixel [N] in float64 from the Schur-complement conditionals (no Cholesky), Phi by ndtr."""
+    x8, mean, cov = x8.reshape(-1, 3), mean.double().reshape(-1, 3), cov.double()
+    x = x8.double() / 127.5 - 1
+    residual = x - mean
+    beta_g = cov[1, 0] / cov[0, 0]
+    beta_b = torch.linalg.solve(cov[:2, :2], cov[:2, 2])
+    means = torch.stack([mean[:, 0], mean[:, 1] + beta_g * residual[:, 0], mean[:, 2] + residual[:, :2] @ beta_b], 1)
+    variances = torch.stack([cov[0, 0], cov[1, 1] - beta_g * cov[1, 0], cov[2, 2] - beta_b @ cov[:2, 2]])
+    lower = torch.where(x8 == 0, -math.inf, (x8.double() - 128) / 127.5)
+    upper = torch.where(x8 == 255, math.inf, (x8.double() - 127) / 127.5)
+    std = variances.sqrt()
+    mass = torch.special.ndtr((upper - means) / std) - torch.special.ndtr((lower - means) / std)
+    return mass.prod(1)
+
+
+def test_rgb_covariance_nll_matches_an_independent_computation_and_the_multivariate_normal():
+    from model.likelihood import decoder_nll, rgb_cholesky, rgb_conditionals
+
+    torch.testing.assert_close(rgb_cholesky(RGB_COV) @ rgb_cholesky(RGB_COV).T, RGB_COV)
+    generator = torch.Generator().manual_seed(0)
+    x8 = torch.randint(0, 256, (2, 3, 4, 4), generator=generator, dtype=torch.uint8)
+    x8[0, :, 0, 0] = torch.tensor([0, 255, 0], dtype=torch.uint8)  # open edge bins in every channel position
+    mean = to_model_range(x8) + 0.1 * torch.randn(2, 3, 4, 4, generator=generator)
+    terms = decoder_nll("gaussian_rgb", x8, mean, RGB_COV)
+    independent = -_rgb_mass_independent(x8.permute(0, 2, 3, 1), mean.permute(0, 2, 3, 1), RGB_COV).log()
+    torch.testing.assert_close(terms.discretized.double(), independent.view(2, 16).sum(1), rtol=1e-5, atol=1e-3)
+    # the chain is the multivariate normal's density, factorised
+    density = torch.distributions.MultivariateNormal(mean.permute(0, 2, 3, 1).double(), RGB_COV.double())
+    continuous = -density.log_prob(to_model_range(x8).permute(0, 2, 3, 1).double()).flatten(1).sum(1)
+    chain = gaussian_nll(to_model_range(x8), *rgb_conditionals(to_model_range(x8), mean, RGB_COV))
+    torch.testing.assert_close(chain.double(), continuous, rtol=1e-5, atol=1e-3)
+    # the training loss is the shared-sigma Gaussian's, at the covariance's mean variance
+    torch.testing.assert_close(terms.train, gaussian_nll(to_model_range(x8), mean, RGB_COV.diagonal().mean().log()))
+
+
+def test_rgb_covariance_masses_sum_to_one_over_all_rgb_triples():
+    from model.likelihood import discretized_gaussian_nll_per_pixel, rgb_conditionals
+
+    cov = RGB_COV * 4  # about 33 grey levels: most of the mass inside the range, the edge bins open
+    mean = torch.tensor([0.9, -0.2, 0.4]).view(1, 3, 1, 1).expand(1, 3, 256, 256)
+    gb = torch.stack(torch.meshgrid(torch.arange(256), torch.arange(256), indexing="ij"))
+    total = torch.zeros((), dtype=torch.float64)
+    for r in range(256):
+        x8 = torch.cat([torch.full((1, 256, 256), r), gb]).unsqueeze(0).to(torch.uint8)
+        conditional, logvar = rgb_conditionals(to_model_range(x8), mean, cov)
+        nll = discretized_gaussian_nll_per_pixel(x8, conditional, logvar).double().sum(1)
+        total += torch.exp(-nll).sum()
+    assert abs(total.item() - 1.0) < 1e-4, total
+
+
+def test_rgb_covariance_with_uncorrelated_channels_is_three_independent_gaussians():
+    from model.likelihood import decoder_nll
+
+    variances = torch.tensor([0.01, 0.02, 0.03])
+    x8 = torch.randint(0, 256, (2, 3, 4, 4), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    mean = to_model_range(x8) + 0.05
+    rgb = decoder_nll("gaussian_rgb", x8, mean, torch.diag(variances))
+    per_channel = variances.log().view(1, 3, 1, 1)
+    torch.testing.assert_close(rgb.discretized, discretized_gaussian_nll(x8, mean, per_channel))

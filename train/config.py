@@ -25,7 +25,7 @@ class TrainConfig:
     preset: str = "tiny"
     latent_dim: int = 0  # 0 = the preset's
     # "" = the preset's (gaussian_learned, or the cpu preset's gaussian_shared) | gaussian_learned | gaussian_fixed
-    # | gaussian_shared | logistic_mixture | categorical | bernoulli
+    # | gaussian_shared | gaussian_rgb | logistic_mixture | categorical | bernoulli
     likelihood: str = ""
     # optimisation
     batch_size: int = 32  # per process; the seed warns that very large batches collapse to the mean
