@@ -48,6 +48,11 @@ class VAEConfig:
     #                       is the batch's closed-form optimum, the mean squared error; a running average of
     #                       it (buffer decoder.shared_logvar, saved with the weights) is the one global sigma
     #                       that decode() and every evaluation use;
+    #   "gaussian_rgb"      the same with one shared 3x3 covariance of each pixel's (R, G, B) instead of one sigma:
+    #                       the batch's residual covariance in training, a running average (decoder.shared_cov)
+    #                       elsewhere; a decoder's RGB errors are strongly correlated (brightness), which one
+    #                       sigma per sub-pixel pays for three times. The mean image is still the decoder output;
+    #                       the discretized NLL is model.likelihood.rgb_conditionals' chain of 1-D Gaussians;
     #   "logistic_mixture"  discretized mixture of num_mixtures logistics with coupled channel means
     #                       (PixelCNN++'s output layer); its mean image is the mixture mean;
     #   "categorical"       256-way softmax per sub-pixel (3*256 output channels); mean image = expected level;
@@ -60,7 +65,8 @@ class VAEConfig:
     model: str = "vae"
     discriminator_width: int = 256  # "aae": hidden width of the latent discriminator
     num_mixtures: int = 10  # components of the logistic mixture (10K decoder output channels)
-    # Running average of the shared sigma^2: decay min(shared_sigma_decay, (1 + n) / (10 + n)) at update n.
+    # Running average of the shared sigma^2 (or RGB covariance): decay min(shared_sigma_decay, (1 + n) / (10 + n))
+    # at update n.
     shared_sigma_decay: float = 0.99
     # Clamp of the learned per-pixel decoder log-variance, model units (pixels in [-1, 1], one grey
     # level = 2/255). Low end: exp(-10/2) = 0.0067 = 0.86 grey level, i.e. the decoder may become
@@ -71,7 +77,7 @@ class VAEConfig:
     # sigma at 0.22 = 29 grey levels and cap the achievable bits/dim.
     logvar_range: tuple[float, float] = (-10.0, 1.0)
     # Decoder log-variance of the fixed-sigma head: sigma = exp(-4.6/2) = 0.1 (13 grey levels); also the
-    # shared-sigma head's starting value.
+    # shared-sigma head's starting value (and the RGB covariance's, times the identity).
     fixed_logvar: float = -4.6
     # Safety clamp of the encoder's log-variance: keeps exp() finite in bf16/fp32, never binds in practice.
     enc_logvar_range: tuple[float, float] = (-30.0, 20.0)
@@ -169,7 +175,7 @@ PRESETS: dict[str, dict] = {
     # mixture (--likelihood logistic_mixture, K = 3 here) reaches ~1.1 bits/dim less at the same steps, but its
     # pictures are far worse (PSNR 22.5 vs 26.6 dB, judge-feature FD of reconstructions 0.50 vs 0.056, mean-face
     # PSNR at T = 0.2 20.0 vs 24.1 dB, latent 128), and the course grades pictures.
-    "cpu": dict(channels=(16, 32, 64), depths=(0, 1, 1), mid_depth=0, latent_dim=256, likelihood="gaussian_shared",
+    "cpu": dict(channels=(16, 32, 64), depths=(0, 1, 1), mid_depth=0, latent_dim=256, likelihood="gaussian_rgb",
                 num_mixtures=3, last_upsample="pixel_shuffle", decoder_norm="none"),
     # The seed's budget: 3-9 GB of GPU memory at batch 32 in bf16.
     "base": dict(channels=(128, 256, 512), depths=(2, 2, 2), mid_depth=1, latent_dim=512),
@@ -184,7 +190,8 @@ class VAEOutput(NamedTuple):
     z: torch.Tensor  # [B, latent] sample (or mu when sample_posterior=False)
     x_mean: torch.Tensor  # [B, 3, H, W] decoder mean, model units
     # The decoder's distribution parameters (see x_params): [B, 3, H, W] learned log-variance, a 0-dim
-    # log-variance (fixed or shared sigma), or the [B, 10K, H, W] logistic-mixture parameters.
+    # log-variance (fixed or shared sigma), the [3, 3] shared RGB covariance, or the [B, 10K, H, W]
+    # logistic-mixture parameters.
     x_logvar: torch.Tensor
 
     @property
@@ -271,15 +278,22 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, cfg.head_kernel_size, padding=cfg.head_kernel_size // 2)
         if cfg.likelihood == "gaussian_shared":
             self.register_buffer("shared_logvar", torch.tensor(float(cfg.fixed_logvar)))
+        if cfg.likelihood == "gaussian_rgb":
+            self.register_buffer("shared_cov", torch.eye(3) * math.exp(cfg.fixed_logvar))
+        if cfg.likelihood in ("gaussian_shared", "gaussian_rgb"):
             self.register_buffer("shared_updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
-    def update_shared_sigma(self, batch_logvar: torch.Tensor) -> None:
-        """Fold one batch's optimal log sigma^2 into the running shared_logvar (an average of sigma^2)."""
+    def update_shared_sigma(self, batch_params: torch.Tensor) -> None:
+        """Fold one batch's optimum into the running average: log sigma^2 into shared_logvar (an average of
+        sigma^2), or the RGB covariance into shared_cov."""
         n = float(self.shared_updates)
-        decay = min(self.cfg.shared_sigma_decay, (1.0 + n) / (10.0 + n))
-        var = torch.lerp(self.shared_logvar.exp(), batch_logvar.detach().float().exp(), 1.0 - decay)
-        self.shared_logvar.copy_(var.log().clamp(*self.cfg.logvar_range))
+        weight = 1.0 - min(self.cfg.shared_sigma_decay, (1.0 + n) / (10.0 + n))
+        if self.cfg.likelihood == "gaussian_rgb":
+            self.shared_cov.lerp_(batch_params.detach().float(), weight)
+        else:
+            var = torch.lerp(self.shared_logvar.exp(), batch_params.detach().float().exp(), weight)
+            self.shared_logvar.copy_(var.log().clamp(*self.cfg.logvar_range))
         self.shared_updates += 1
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,6 +315,8 @@ class Decoder(nn.Module):
             return bernoulli_mean(out), out
         if cfg.likelihood == "gaussian_shared":
             return out, self.shared_logvar.clone()
+        if cfg.likelihood == "gaussian_rgb":
+            return out, self.shared_cov.clone()
         return out, torch.full((), cfg.fixed_logvar, device=out.device, dtype=out.dtype)
 
 
@@ -350,14 +366,21 @@ class VAE(nn.Module):
     ) -> VAEOutput:
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, generator) if sample_posterior and logvar is not None else mu
-        x_mean, x_logvar = self.decode(z)
+        x_mean, x_params = self.decode(z)
         if self.cfg.likelihood == "gaussian_shared" and self.training:
             # sigma-VAE: the batch's closed-form optimal sigma^2 = MSE over every sub-pixel of the batch.
             # Detached: at the optimum d(loss)/d(sigma) = 0, so the gradient to the mean is the same either way.
             mse = (x.detach().float() - x_mean.detach().float()).square().mean()
-            x_logvar = mse.log().clamp(*self.cfg.logvar_range)
-            self.decoder.update_shared_sigma(x_logvar)
-        return VAEOutput(mu, logvar, z, x_mean, x_logvar)
+            x_params = mse.log().clamp(*self.cfg.logvar_range)
+            self.decoder.update_shared_sigma(x_params)
+        if self.cfg.likelihood == "gaussian_rgb" and self.training:
+            # The same closed form for a shared covariance: the batch's mean outer product of RGB residuals, its
+            # diagonal floored at the log-variance clamp's low end so the Cholesky factor stays finite.
+            residual = (x.detach().float() - x_mean.detach().float()).transpose(0, 1).flatten(1)
+            floor = math.exp(self.cfg.logvar_range[0]) * torch.eye(3, device=residual.device)
+            x_params = residual @ residual.T / residual.shape[1] + floor
+            self.decoder.update_shared_sigma(x_params)
+        return VAEOutput(mu, logvar, z, x_mean, x_params)
 
     @torch.no_grad()
     def sample(
@@ -370,6 +393,20 @@ class VAE(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@torch.no_grad()
+def recentre_codes(state: dict[str, torch.Tensor], shift: torch.Tensor) -> None:
+    """Move a VAE's codes by -shift without changing what any code decodes to, in place on a state dict (a
+    module's own, whose tensors are its parameters, or a copy such as the EMA weights'): mu' = mu - shift from
+    the encoder's output bias, and the decoder's first Linear gets W shift added to its bias, so dec'(mu') =
+    dec(mu). Reconstructions are unchanged; with shift = the codes' mean over the data, the KL to N(0, I) drops
+    by |shift|^2 / 2 nats per image, so an optimum of the ELBO has its codes centred (the trainer applies it,
+    `train.run.CENTRE_EVERY`)."""
+    latent_dim = shift.numel()
+    shift = shift.to(state["decoder.from_latent.bias"])
+    state["encoder.to_latent.bias"][:latent_dim] -= shift  # the mu half (the first latent_dim outputs)
+    state["decoder.from_latent.bias"] += state["decoder.from_latent.weight"] @ shift
 
 
 def create_vae(preset: str = "base", **overrides) -> VAE:

@@ -331,8 +331,8 @@ def test_bonus_1_script_fails_without_a_traceback(synthetic_shards, tmp_path):
     assert str(missing) in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian_fixed", "gaussian_learned", "gaussian_shared", "logistic_mixture",
-                                        "categorical", "bernoulli"])
+@pytest.mark.parametrize("likelihood", ["gaussian_fixed", "gaussian_learned", "gaussian_shared", "gaussian_rgb",
+                                        "logistic_mixture", "categorical", "bernoulli"])
 def test_every_decoder_likelihood_trains_and_evaluates(likelihood, synthetic_shards, tmp_path):
     """A few steps with each decoder, then eval (discretized NLL >= 0, finite bound, PSNR) on its checkpoint."""
     from train.run import main as train_main

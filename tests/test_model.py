@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from model import (LIKELIHOODS, PRESETS, VAE, VAEConfig, create_vae, decoder_nll, gaussian_nll, kl_diag_gaussian,
-                   logistic_mixture_mean, to_model_range)
+                   logistic_mixture_mean, to_model_range, to_uint8)
 from model.blocks import (
     DownBlock,
     ResNeXtBottleneck,
@@ -271,6 +271,58 @@ def test_shared_sigma_is_the_batch_optimum_in_training_and_the_running_value_in_
     assert not any("shared" in key for key in VAE(VAEConfig(latent_dim=16, **SMALL)).state_dict())
 
 
+def test_rgb_covariance_is_the_batch_residual_covariance_in_training_and_the_running_value_in_eval():
+    cfg = VAEConfig(likelihood="gaussian_rgb", latent_dim=16, shared_sigma_decay=0.5, **SMALL)
+    vae = VAE(cfg)
+    assert vae.decoder.conv_out.out_channels == 3
+    torch.testing.assert_close(vae.decoder.shared_cov, torch.eye(3) * math.exp(cfg.fixed_logvar))
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    out = vae.train()(x)
+    residual = (x - out.x_mean).detach().transpose(0, 1).reshape(3, -1)
+    floor = math.exp(cfg.logvar_range[0]) * torch.eye(3)
+    torch.testing.assert_close(out.x_params, residual @ residual.T / residual.shape[1] + floor)
+    # the batch covariance is the optimum of the batch's Gaussian NLL over shared covariances (up to the floor)
+    x8 = to_uint8(x)
+    best = decoder_nll(cfg, x8, out.x_mean.detach(), out.x_params).discretized.sum()
+    for scale in (0.9, 1.1):
+        assert best < decoder_nll(cfg, x8, out.x_mean.detach(), out.x_params * scale).discretized.sum()
+    # and the training loss is the shared-sigma head's: sigma^2 = the batch MSE (plus the floor)
+    shared = decoder_nll("gaussian_shared", x8, out.x_mean, ((to_model_range(x8) - out.x_mean).square().mean()
+                                                              + floor[0, 0]).log())
+    torch.testing.assert_close(decoder_nll(cfg, x8, out.x_mean, out.x_params).train, shared.train, rtol=2e-3, atol=0.5)
+    for _ in range(30):
+        vae(x)
+    running = vae.decoder.shared_cov.clone()
+    vae.eval()
+    assert torch.equal(vae(x).x_params, running) and torch.equal(vae.decode(out.mu)[1], running)
+    fresh = VAE(cfg)
+    fresh.load_state_dict(vae.state_dict())
+    assert torch.equal(fresh.decoder.shared_cov, running)
+
+
+@pytest.mark.parametrize("model", ["vae", "ae"])
+def test_recentring_the_codes_keeps_every_decoding_and_lowers_the_kl(model):
+    from model.vae import recentre_codes
+
+    vae = VAE(VAEConfig(latent_dim=16, model=model, **SMALL)).eval()
+    with torch.no_grad():
+        vae.encoder.to_latent.bias.add_(0.5)  # codes off the origin, as training leaves them
+    x = torch.rand(8, 3, 64, 64) * 2 - 1
+    mu, logvar = vae.encode(x)
+    before = vae.decode(mu)[0]
+    shift = mu.mean(0)
+    recentre_codes(vae.state_dict(), shift)
+    centred, centred_logvar = vae.encode(x)
+    torch.testing.assert_close(centred, mu - shift)
+    torch.testing.assert_close(centred.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(vae.decode(centred)[0], before, atol=1e-5, rtol=1e-4)
+    if model == "vae":
+        torch.testing.assert_close(centred_logvar, logvar)
+        # shift = the batch's mean code: the batch's mean KL drops by exactly |shift|^2 / 2
+        drop = kl_diag_gaussian(mu, logvar) - kl_diag_gaussian(centred, centred_logvar)
+        torch.testing.assert_close(drop.mean(), 0.5 * shift.square().sum())
+
+
 def test_reparameterize_is_seedable_and_deterministic_mode_uses_mu():
     vae = VAE(VAEConfig(latent_dim=16, **SMALL)).eval()
     x = torch.rand(2, 3, 64, 64) * 2 - 1
@@ -324,9 +376,9 @@ def test_tiny_preset_forward_backward_batch32():
 PARAM_BOUNDS = {"tiny": (1e5, 3e6), "cpu": (1e5, 3e6), "base": (5e6, 5e7), "large": (1e7, 1e8)}
 
 
-def test_cpu_preset_is_the_cheap_decoder_with_shared_sigma_and_overrides_still_apply():
+def test_cpu_preset_is_the_cheap_decoder_with_the_rgb_covariance_and_overrides_still_apply():
     vae = create_vae("cpu")
-    assert vae.cfg.likelihood == "gaussian_shared" and vae.cfg.decoder_norm == "none" and vae.cfg.latent_dim == 256
+    assert vae.cfg.likelihood == "gaussian_rgb" and vae.cfg.decoder_norm == "none" and vae.cfg.latent_dim == 256
     assert vae.decoder.stages[-1][0].mode == "pixel_shuffle" and len(vae.decoder.stages[-1][1]) == 0
     mixture = create_vae("cpu", likelihood="logistic_mixture")
     assert mixture.cfg.num_mixtures == 3 and mixture.cfg.out_channels == 3 * 10  # K (1 + 3 + 3 + 3) parameters

@@ -83,9 +83,13 @@ def test_loss_falls_and_run_writes_figures_metrics_and_a_loadable_checkpoint(syn
     assert summary["ranks_in_sync"] and summary["world_size"] == 1
 
 
-def test_resume_equals_uninterrupted(synthetic_shards, tmp_path):
+def test_resume_equals_uninterrupted(synthetic_shards, tmp_path, monkeypatch):
+    import train.run
+
     # 14 steps cross an epoch boundary (the synthetic train split gives about 12 batches of 16) and the stop
-    # at step 5 is mid-epoch, so loader position, RNG, optimizer, scheduler and EMA state all matter.
+    # at step 5 is mid-epoch, so loader position, RNG, optimizer, scheduler and EMA state all matter; the codes
+    # are recentred every 3 steps, so the stop also falls between two recentrings (the code sums resume).
+    monkeypatch.setattr(train.run, "CENTRE_EVERY", 3)
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     _run(synthetic_shards, straight, "--epochs", "3", "--max-steps", "14", "--no-figures")
     _run(synthetic_shards, stopped, "--epochs", "3", "--max-steps", "5", "--no-figures")
