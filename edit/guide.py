@@ -20,7 +20,8 @@ from edit.common import (GRID_SCALE, Change, EditContext, EditError, EditSetting
 DEFAULT_CHANGES = "add:Eyeglasses,remove:Smiling,add:Bangs,add:Blond_Hair"
 METHODS = ("guided", "mean_difference_matched", "mean_difference_full")
 # The settings the report records under "settings", in the order earlier reports have them.
-REPORTED_SETTINGS = ("steps", "lr", "target_prob", "w_other", "w_image", "w_latent", "views", "latent_metric", "seed")
+REPORTED_SETTINGS = ("steps", "lr", "target_prob", "w_other", "w_image", "w_latent", "views", "latent_metric", "along",
+                     "seed")
 
 
 @dataclass
@@ -43,6 +44,13 @@ class GuideSettings(EditSettings):
     latent_metric: str = field(default="euclidean", metadata={
         "help": "the L2 to mu plain, or whitened by the covariance of mu over the train split",
         "choices": ("euclidean", "whitened")})
+    # The guide alone is convinced within 3-8 Adam steps by edits the judge often does not see (synthetic demo, 3
+    # subject draws: add Bangs 14 of 24 against the baseline's 13); with the free length along the population's
+    # direction 22 of 24, and at least the baseline's count for every change and draw (BENCHMARKS.md).
+    along: str = field(default="mean_difference", metadata={
+        "help": "'mean_difference': the step is a free length along the change's mean-difference direction plus "
+                "the per-subject correction u (under w_latent); 'none': u alone",
+        "choices": ("none", "mean_difference")})
 
 
 @dataclass
@@ -86,12 +94,15 @@ def guide_logits(guide: torch.nn.Module, x: torch.Tensor, views: str,
 
 
 def guided_latents(ctx: EditContext, mu: torch.Tensor, reconstruction: torch.Tensor, targets: torch.Tensor,
-                   target_values: torch.Tensor, settings: GuideSettings,
-                   basis: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+                   target_values: torch.Tensor, settings: GuideSettings, basis: torch.Tensor | None = None,
+                   directions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Per-subject guided z [N, d], Adam from z = mu on
 
         BCE(guide_t(dec z), target) + w_other mean_{a != t} BCE(guide_a(dec z), p0_a)
         + w_image mean (dec z - dec mu)^2 + w_latent mean u^2,      z = mu + u (or mu + u S with a basis S),
+
+    plus a sqrt(d) e with a free scalar a per subject when unit `directions` e [N, d] are given (Adam moves a by
+    about lr per step, so the factor lets the step along e grow as fast as u's d coordinates together),
 
     p0 the guide on dec(mu); also the guide's last target probability [N] and the step each subject stopped at:
     the first at which the guide gives the target `target_prob` (the smallest edit that convinces it)."""
@@ -104,11 +115,17 @@ def guided_latents(ctx: EditContext, mu: torch.Tensor, reconstruction: torch.Ten
     # With a basis, Adam's per-coordinate steps follow the directions in which faces vary and |u|^2 is the
     # Mahalanobis distance.
     u = torch.zeros_like(mu).requires_grad_(True)
-    optimizer = torch.optim.Adam([u], lr=settings.lr)
+    along = torch.zeros(n, 1, device=mu.device, requires_grad=True)
+    optimizer = torch.optim.Adam([u] if directions is None else [u, along], lr=settings.lr)
+
+    def latent() -> torch.Tensor:
+        z = mu + (u if basis is None else u @ basis)
+        return z if directions is None else z + along * directions * mu.shape[1] ** 0.5
+
     best, done = mu.clone(), torch.zeros(n, dtype=torch.bool, device=mu.device)
     stopped, final_prob = [settings.steps] * n, torch.zeros(n, device=mu.device)
     for step in range(settings.steps + 1):
-        z = mu + (u if basis is None else u @ basis)
+        z = latent()
         x = ctx.decode(z)
         logits = guide_logits(ctx.guide, x, settings.views, generator)
         target_logit = logits[rows, targets]
@@ -131,20 +148,17 @@ def guided_latents(ctx: EditContext, mu: torch.Tensor, reconstruction: torch.Ten
         optimizer.zero_grad(set_to_none=True)
         (per_subject * (~done)).sum().backward()
         optimizer.step()
-    best[~done] = (mu + (u if basis is None else u @ basis)).detach()[~done]
+    best[~done] = latent().detach()[~done]
     return best, final_prob, stopped
 
 
-def mean_difference_latents(mu_train: torch.Tensor, train_attributes: np.ndarray, changes: list[Change],
-                            subjects: int, mu: torch.Tensor, z_guided: torch.Tensor,
+def mean_difference_latents(differences: torch.Tensor, mu: torch.Tensor, z_guided: torch.Tensor,
                             target_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The baseline along each change's mean-difference direction: with the latent step length the guided edit
-    took for that subject (matched), and with the whole difference (full)."""
-    direction = torch.stack([mean_difference_direction(mu_train, train_attributes[:, c.index], c.attribute)
-                             for c in changes for _ in range(subjects)])
-    sign = (2 * target_values - 1)[:, None]
-    step_length = (z_guided - mu).norm(dim=1)
-    return mu + sign * step_length[:, None] * direction / direction.norm(dim=1, keepdim=True), mu + sign * direction
+    """The baseline along each subject's change's mean difference [N, d]: with the latent step length the guided
+    edit took for that subject (matched), and with the whole difference (full)."""
+    towards = (2 * target_values - 1)[:, None] * differences
+    step_length = (z_guided - mu).norm(dim=1, keepdim=True)
+    return mu + step_length * towards / towards.norm(dim=1, keepdim=True), mu + towards
 
 
 def edit_subjects(ctx: EditContext, settings: GuideSettings, changes: list[Change],
@@ -162,10 +176,16 @@ def edit_subjects(ctx: EditContext, settings: GuideSettings, changes: list[Chang
     target_values = torch.tensor([float(c.target) for c in changes for _ in range(n)], device=ctx.device)
     log(f"guiding {len(rows)} latents ({len(changes)} changes x {n} subjects), up to {settings.steps} Adam steps")
     basis = data_basis(mu_train) if settings.latent_metric == "whitened" else None
+    train_attributes = ctx.split("train").attributes
+    differences = torch.stack([mean_difference_direction(mu_train, train_attributes[:, c.index], c.attribute)
+                               for c in changes for _ in range(n)])
+    directions = None
+    if settings.along == "mean_difference":  # unit, towards the target label
+        directions = (2 * target_values - 1)[:, None] * differences / differences.norm(dim=1, keepdim=True)
     with torch.enable_grad():
-        z_guided, guide_prob, stopped = guided_latents(ctx, mu, reconstruction, targets, target_values, settings, basis)
-    z_matched, z_full = mean_difference_latents(mu_train, ctx.split("train").attributes, changes, n, mu, z_guided,
-                                                target_values)
+        z_guided, guide_prob, stopped = guided_latents(ctx, mu, reconstruction, targets, target_values, settings, basis,
+                                                       directions)
+    z_matched, z_full = mean_difference_latents(differences, mu, z_guided, target_values)
     latents = dict(zip(METHODS, (z_guided, z_matched, z_full)))
     decoded = {"reconstruction": reconstruction, **{m: ctx.decode_batched(z) for m, z in latents.items()}}
     images = {"original": originals.cpu(), **{name: to_images(x) for name, x in decoded.items()}}

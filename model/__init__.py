@@ -25,7 +25,7 @@ open edge bins). The Gaussian-only tools (gaussian_nll, discretized_gaussian_nll
 for the three Gaussian heads.
 
 Presets: tiny, cpu (issue 13's CPU recipe: no full-resolution blocks, last_upsample="pixel_shuffle",
-decoder_norm="none", gaussian_shared, latent 256), base, large; any VAEConfig field overrides a preset's.
+decoder_norm="none", gaussian_rgb, latent 256), base, large; any VAEConfig field overrides a preset's.
 Layers live in model.layers, blocks in model.blocks, the networks and presets in model.vae.
 """
 

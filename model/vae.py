@@ -170,11 +170,12 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(channels=(16, 32, 64), depths=(1, 1, 1), mid_depth=0, latent_dim=128),
     # CPU budgets (issue 13; BENCHMARKS.md): the tiny widths without the full-resolution ResNeXt blocks, the last
     # upsample as 1x1 conv + pixel_shuffle (together 1.4x the tiny network's images per CPU-second), a norm-free
-    # decoder (low temperatures decode towards an average face instead of blobs), the shared-sigma Gaussian
-    # (sigma-VAE) and latent 256 (synthetic, 1,350 steps: PSNR 27.4 dB against 26.6 at 128). The coupled logistic
-    # mixture (--likelihood logistic_mixture, K = 3 here) reaches ~1.1 bits/dim less at the same steps, but its
-    # pictures are far worse (PSNR 22.5 vs 26.6 dB, judge-feature FD of reconstructions 0.50 vs 0.056, mean-face
-    # PSNR at T = 0.2 20.0 vs 24.1 dB, latent 128), and the course grades pictures.
+    # decoder (low temperatures decode towards an average face instead of blobs), latent 256 (synthetic, 1,350
+    # steps: PSNR 27.4 dB against 26.6 at 128) and the RGB-covariance Gaussian: sigma-VAE's training loss, scored
+    # with the residuals' shared RGB covariance (real sample, 20 minutes: 5.54 bits/dim against 6.06 with one
+    # sigma, the same 24.1 dB PSNR). The coupled logistic mixture (--likelihood logistic_mixture, K = 3 here)
+    # reaches ~0.6 bits/dim less again, but its pictures are far worse (PSNR 22.5 vs 26.6 dB, judge-feature FD of
+    # reconstructions 0.50 vs 0.056, latent 128), and the course grades pictures.
     "cpu": dict(channels=(16, 32, 64), depths=(0, 1, 1), mid_depth=0, latent_dim=256, likelihood="gaussian_rgb",
                 num_mixtures=3, last_upsample="pixel_shuffle", decoder_norm="none"),
     # The seed's budget: 3-9 GB of GPU memory at batch 32 in bf16.

@@ -179,3 +179,31 @@ def test_other_models_and_decoders_load_in_every_edit(trained, tmp_path, flags):
     assert _edit(edited, "amplify", out, "--candidates", "8", "--probe", "4", guide=False) == 0
     assert _edit(edited, "identity", out, guide=False) == 0
     assert {"guide.json", "amplify.json", "identity.json"} <= {p.name for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("along, first_stop, last_stop", [("none", 6, 8), ("mean_difference", 2, 2)])
+def test_guided_step_along_the_mean_difference_grows_as_fast_as_all_of_u(along, first_stop, last_stop):
+    """A guide whose logit is 10 (x . e) and a decoder that is the identity, no other loss terms: Adam moves each
+    parameter at most lr = 0.05 per step (about that while the gradient keeps its sign), so u alone needs at least
+    6 steps to reach the guide's 0.95 (x . e >= 0.294); the free length along e moves sqrt(d) = 4 times as far
+    per step, so with it the target is reached after 2. Either way the edit stays on e."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from edit.guide import GuideSettings, guided_latents
+
+    n, d = 3, 16
+    e = torch.zeros(d)
+    e[5] = 1.0
+    ctx = SimpleNamespace(decode=lambda z: z.view(len(z), 1, 1, d),
+                          guide=lambda x: torch.stack([10 * x.flatten(1) @ e, torch.zeros(len(x))], 1))
+    mu = torch.zeros(n, d)
+    settings = GuideSettings(steps=50, lr=0.05, target_prob=0.95, w_other=0.0, w_image=0.0, w_latent=0.0,
+                             views="none", along=along)
+    directions = e.expand(n, d) if along == "mean_difference" else None
+    with torch.enable_grad():
+        z, prob, stopped = guided_latents(ctx, mu, ctx.decode(mu), torch.zeros(n, dtype=torch.long), torch.ones(n),
+                                          settings, directions=directions)
+    assert first_stop <= stopped[0] <= last_stop and len(set(stopped)) == 1 and (prob >= 0.95).all()
+    torch.testing.assert_close(z, (z @ e)[:, None] * e)
