@@ -421,8 +421,8 @@ def decoder_nll(likelihood, x_uint8: torch.Tensor, x_mean: torch.Tensor, x_param
     VAEOutput.x_mean / .x_params): for the Gaussians x_params is the log-variance (per pixel, or a 0-dim
     tensor: fixed sigma, or the shared sigma - the batch optimum in training-mode forward, the stored
     running value in decode()/eval), for gaussian_rgb the shared 3x3 RGB covariance (same two sources), whose
-    masses are those of rgb_conditionals' chain (its training loss is gaussian_shared's); for the logistic mixture it is the [B, 10K, H, W] parameter tensor and
-    x_mean is its mean image.
+    masses are those of rgb_conditionals' chain (its training loss is gaussian_shared's); for the logistic
+    mixture it is the [B, 10K, H, W] parameter tensor and x_mean is its mean image.
     """
     name = _likelihood_name(likelihood)
     if name in DISCRETE_NLL:  # their training loss is the probability itself

@@ -48,11 +48,12 @@ class VAEConfig:
     #                       is the batch's closed-form optimum, the mean squared error; a running average of
     #                       it (buffer decoder.shared_logvar, saved with the weights) is the one global sigma
     #                       that decode() and every evaluation use;
-    #   "gaussian_rgb"      the same with one shared 3x3 covariance of each pixel's (R, G, B) instead of one sigma:
-    #                       the batch's residual covariance in training, a running average (decoder.shared_cov)
-    #                       elsewhere; a decoder's RGB errors are strongly correlated (brightness), which one
-    #                       sigma per sub-pixel pays for three times. The mean image is still the decoder output;
-    #                       the discretized NLL is model.likelihood.rgb_conditionals' chain of 1-D Gaussians;
+    #   "gaussian_rgb"      trained exactly as gaussian_shared, but its distribution has one shared 3x3 covariance
+    #                       of each pixel's (R, G, B) instead of one sigma: the batch's residual covariance in
+    #                       training, a running average (decoder.shared_cov) elsewhere; a decoder's RGB errors are
+    #                       strongly correlated (brightness), which one sigma per sub-pixel pays for three times.
+    #                       The mean image is the decoder output; the discretized NLL is
+    #                       model.likelihood.rgb_conditionals' chain of 1-D Gaussians;
     #   "logistic_mixture"  discretized mixture of num_mixtures logistics with coupled channel means
     #                       (PixelCNN++'s output layer); its mean image is the mixture mean;
     #   "categorical"       256-way softmax per sub-pixel (3*256 output channels); mean image = expected level;

@@ -77,7 +77,8 @@ class TrainerState:
         self.step, self.planned_steps = state["step"], state["planned_steps"]
         self.steps_log, self.epochs_log = state["steps_log"], state["epochs_log"]
         self.epoch_sums.copy_(state["epoch_sums"])
-        self.code_sums.copy_(state["code_sums"])
+        if "code_sums" in state:  # checkpoints from before the recentring have none: start the sums afresh
+            self.code_sums.copy_(state["code_sums"])
 
 
 @dataclass
