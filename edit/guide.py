@@ -152,11 +152,10 @@ def guided_latents(ctx: EditContext, mu: torch.Tensor, reconstruction: torch.Ten
     return best, final_prob, stopped
 
 
-def mean_difference_latents(differences: torch.Tensor, mu: torch.Tensor, z_guided: torch.Tensor,
-                            target_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The baseline along each subject's change's mean difference [N, d]: with the latent step length the guided
-    edit took for that subject (matched), and with the whole difference (full)."""
-    towards = (2 * target_values - 1)[:, None] * differences
+def mean_difference_latents(towards: torch.Tensor, mu: torch.Tensor,
+                            z_guided: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The baseline along each subject's change's mean difference, signed towards the target [N, d]: with the
+    latent step length the guided edit took for that subject (matched), and with the whole difference (full)."""
     step_length = (z_guided - mu).norm(dim=1, keepdim=True)
     return mu + step_length * towards / towards.norm(dim=1, keepdim=True), mu + towards
 
@@ -177,15 +176,14 @@ def edit_subjects(ctx: EditContext, settings: GuideSettings, changes: list[Chang
     log(f"guiding {len(rows)} latents ({len(changes)} changes x {n} subjects), up to {settings.steps} Adam steps")
     basis = data_basis(mu_train) if settings.latent_metric == "whitened" else None
     train_attributes = ctx.split("train").attributes
-    differences = torch.stack([mean_difference_direction(mu_train, train_attributes[:, c.index], c.attribute)
-                               for c in changes for _ in range(n)])
-    directions = None
-    if settings.along == "mean_difference":  # unit, towards the target label
-        directions = (2 * target_values - 1)[:, None] * differences / differences.norm(dim=1, keepdim=True)
+    towards = (2 * target_values - 1)[:, None] * torch.stack(
+        [mean_difference_direction(mu_train, train_attributes[:, c.index], c.attribute) for c in changes
+         for _ in range(n)])  # each subject's change's mean difference, signed towards the target label
+    directions = towards / towards.norm(dim=1, keepdim=True) if settings.along == "mean_difference" else None
     with torch.enable_grad():
         z_guided, guide_prob, stopped = guided_latents(ctx, mu, reconstruction, targets, target_values, settings, basis,
                                                        directions)
-    z_matched, z_full = mean_difference_latents(differences, mu, z_guided, target_values)
+    z_matched, z_full = mean_difference_latents(towards, mu, z_guided)
     latents = dict(zip(METHODS, (z_guided, z_matched, z_full)))
     decoded = {"reconstruction": reconstruction, **{m: ctx.decode_batched(z) for m, z in latents.items()}}
     images = {"original": originals.cpu(), **{name: to_images(x) for name, x in decoded.items()}}

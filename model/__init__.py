@@ -22,7 +22,7 @@ Decoder likelihoods (VAEConfig.likelihood, model.LIKELIHOODS):
 decoder_nll is the one entry point for trainer and eval: `train` is the loss to differentiate (continuous
 Gaussian NLL; for the mixture the discretized NLL itself), `discretized` the evaluation NLL (>= 0, 256 bins,
 open edge bins). The Gaussian-only tools (gaussian_nll, discretized_gaussian_nll, sigma fitting) stay valid
-for the three Gaussian heads.
+for the three log-variance Gaussian heads; gaussian_rgb reaches the first two through rgb_conditionals.
 
 Presets: tiny, cpu (issue 13's CPU recipe: no full-resolution blocks, last_upsample="pixel_shuffle",
 decoder_norm="none", gaussian_rgb, latent 256), base, large; any VAEConfig field overrides a preset's.

@@ -24,7 +24,7 @@ class TrainConfig:
     aae_lambda: float = 0.5
     preset: str = "tiny"
     latent_dim: int = 0  # 0 = the preset's
-    # "" = the preset's (gaussian_learned, or the cpu preset's gaussian_shared) | gaussian_learned | gaussian_fixed
+    # "" = the preset's (gaussian_learned, or the cpu preset's gaussian_rgb) | gaussian_learned | gaussian_fixed
     # | gaussian_shared | gaussian_rgb | logistic_mixture | categorical | bernoulli
     likelihood: str = ""
     # optimisation
