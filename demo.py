@@ -1,13 +1,13 @@
-"""The whole chain in one command, ending in a report page:
+"""The whole chain in one command, ending in a report page and its PDF:
 
-    data -> build-shards (+ verify) -> loader and trainer benchmarks -> the same preset as a briefly trained
-         autoencoder -> train -> classifiers -> eval (with the judge) -> bonus_1.py -> the autoencoder's eval
-         -> 3 edits -> issue #13's quality floors -> report -> hand-in folder
+    data -> build-shards (+ verify) -> loader and trainer benchmarks -> an autoencoder of the same network ->
+         the VAE -> guide and judge classifiers -> eval (with the judge) -> bonus_1.py -> the autoencoder's eval
+         -> 3 edits -> quality targets -> report (index.html, report.pdf) -> hand-in folder
 
-Uses the dataset at $CELEBA_ROOT when set, else makes the embedded synthetic CelebA. Training is sized for
-the machine: the `cpu` preset for a 3.5-minute budget on CPU cores, the `base` preset on a GPU. Every step writes
-into `--work` and is skipped on a re-run when its output is complete; a failing step is named and the
-finished ones are kept.
+Uses the dataset at $CELEBA_ROOT when set, else makes the embedded synthetic CelebA. Training takes the
+trainer's defaults for the device (train/run.py's recipe) with the demo's budget: a few minutes on CPU cores,
+epochs on a GPU. Every step writes into `--work` and is skipped on a re-run when its output is complete; a
+failing step is named and the finished ones are kept.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from rich.console import Console
 
 from common.device import default_device
 from common.errors import UserError
+from report import ReportInputs, write_report
 
 console = Console()
-WARMUP_STEPS = 100  # the VAE's learning-rate warm-up
 
 
 @dataclass
@@ -49,13 +49,21 @@ def resume_flags(run: Path) -> list[str]:
     return ["--resume", "latest"] if (run / "checkpoints").is_dir() else []
 
 
-def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[Step], dict]:
+@dataclass
+class Plan:
+    steps: list[Step]
+    report: ReportInputs  # what the steps write, for the report page
+    shards: Path
+    subtitle: str  # the data and the machine
+
+
+def plan(work: Path, root: Path | None, args: argparse.Namespace) -> Plan:
     from bonus_1 import main as bonus_main
     from edit.classifier import main as classifier_main
     from edit.cli import main as edit_main
-    from floors import main as floors_main
     from eval.cli import main as eval_main
     from loaders.bench import main as loaders_bench_main
+    from quality import main as quality_main
     from shard_builder.build import BuildOptions, build
     from shard_builder.read import DATASET_JSON
     from shard_builder.synthetic import generate
@@ -84,23 +92,19 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
         counts = verify(shards, root, workers=os.cpu_count() or 1)
         console.print("verified byte for byte against the source: " + ", ".join(f"{s} {n:,}" for s, n in counts.items()))
 
-    # Issue #13's recipe (README, BENCHMARKS.md): on CPU cores the `cpu` preset trained to a wall-clock budget; on
-    # a GPU the base preset for epochs. --epochs overrides the budget (the tests' short runs).
+    # The trainer's defaults are the recipe for the device; the demo sets only the budget. --epochs replaces the
+    # CPU budget (the tests' short runs). The autoencoder only has to show its reconstructions, interpolations and
+    # meaningless prior samples beside the VAE's, so it gets a quarter of the budget.
     if args.epochs or gpu:
         budget, ae_budget = ["--epochs", epochs], ["--epochs", max(1, epochs // 4)]
     else:
         budget, ae_budget = ["--minutes", args.minutes], ["--minutes", args.minutes / 4]
-    shared_flags = ["--shards", shards, "--preset", "base" if gpu else "cpu", "--batch-size", 32,
-                    "--lr", 1e-3 if gpu else 2e-3, "--kl-anneal-steps", 1000, "--log-every", 25,
-                    "--checkpoint-every", 1000]
-    train_flags = [*shared_flags, "--out", run, *budget, "--warmup-steps", WARMUP_STEPS]
-    # The autoencoder only has to show its reconstructions, interpolations and meaningless prior samples beside
-    # the VAE's, so it gets a quarter of the budget (under a minute on 2 CPU cores) and, in proportion, a quarter
-    # of the warm-up: its learning rate still peaks and decays within the shorter run.
-    ae_flags = [*shared_flags, "--out", ae_run, "--model", "ae", *ae_budget, "--warmup-steps", WARMUP_STEPS // 4]
+    logging = ["--log-every", 25, "--checkpoint-every", 1000]
+    train_flags = ["--shards", shards, "--out", run, *budget, *logging]
+    ae_flags = ["--shards", shards, "--out", ae_run, "--model", "ae", *ae_budget, *logging]
     eval_json, bonus_json = work / "eval" / "eval-test.json", work / "eval" / "bonus_1-test.json"
     ae_eval_json = work / "eval" / "ae" / "eval-test.json"
-    floors_json = work / "floors.json"
+    quality_json = work / "quality.json"
     edit_common = ["--vae", run, "--judge", judge, "--shards", shards]
     steps = [
         Step("data", lambda: (root / "list_eval_partition.txt").is_file() or not synthetic, make_data),
@@ -138,17 +142,16 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
              lambda: call(edit_main, ["guide", *edit_common, "--guide", guide, "--out", edits / "guide"])),
         Step("edit identity", (edits / "identity" / "identity.json").is_file,
              lambda: call(edit_main, ["identity", *edit_common, "--out", edits / "identity"])),
-        Step("quality floors", floors_json.is_file,
-             lambda: call(floors_main, ["--work", work, "--data", "synthetic" if synthetic else "celeba"])),
+        Step("quality targets", quality_json.is_file,
+             lambda: call(quality_main, ["--work", work, "--data", "synthetic" if synthetic else "celeba"])),
     ]
     source = f"CelebA at {root}" if not synthetic else f"synthetic CelebA ({args.synthetic_images:,} images)"
     device = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores)"
-    outputs = {"run": run, "shards": shards, "eval_json": eval_json, "bonus_json": bonus_json, "ae_run": ae_run,
-               "ae_eval_json": ae_eval_json, "floors_json": floors_json,
-               "edit_dirs": {name: edits / name for name in ("amplify", "guide", "identity")},
-               "bench_jsons": [bench / "loaders.json", bench / "train.json"],
-               "subtitle": f"{source}; {device}, torch {torch.__version__}"}
-    return steps, outputs
+    report = ReportInputs(run=run, eval_json=eval_json, bonus_json=bonus_json, ae_run=ae_run,
+                          ae_eval_json=ae_eval_json, quality_json=quality_json, sweep_dir=args.sweep,
+                          edit_dirs={name: edits / name for name in ("amplify", "guide", "identity")},
+                          bench_jsons=[bench / "loaders.json", bench / "train.json"])
+    return Plan(steps, report, shards, f"{source}; {device}, torch {torch.__version__}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sweep {args.sweep}: no sweep.json there (python -m eval.sweep --out DIR writes it)")
     root = Path(os.environ["CELEBA_ROOT"]) if os.environ.get("CELEBA_ROOT") else None
     console.rule(f"demo on {'CelebA at ' + str(root) if root else 'synthetic CelebA'} -> {args.work}")
-    steps, outputs = plan(args.work, root, args)
+    chain = plan(args.work, root, args)
     timings_file = args.work / "step_seconds.json"  # kept across re-runs: the report shows every step's time
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
-    for step in steps:
+    for step in chain.steps:
         if step.done():
             console.print(f"[dim]{step.name}: complete, skipped[/dim]")
             continue
@@ -185,22 +188,17 @@ def main(argv: list[str] | None = None) -> int:
         timings[step.name] = round(time.perf_counter() - started, 1)
         timings_file.write_text(json.dumps(timings, indent=2) + "\n")
     from eval.export import export
-    from report import write_pdf, write_report
 
     step_times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
-    page = write_report(args.work / "report", outputs["run"], outputs["eval_json"], outputs["bonus_json"],
-                        outputs["edit_dirs"], outputs["bench_jsons"],
-                        subtitle=f"{outputs['subtitle']}; demo step times: {step_times}", ae_run=outputs["ae_run"],
-                        ae_eval_json=outputs["ae_eval_json"], sweep_dir=args.sweep,
-                        floors_json=outputs["floors_json"])
-    pdf = write_pdf(page)
+    written = write_report(args.work / "report", chain.report, pdf=True,
+                           subtitle=f"{chain.subtitle}; demo step times: {step_times}")
     console.print(f"step times: {step_times}")
-    console.print(f"[green]report:[/green] {page.resolve()}" + (f" and {pdf.resolve()}" if pdf else
-                                                                 " (no Chromium here: no PDF)"))
+    console.print(f"[green]report:[/green] {written.page.resolve()} and {written.pdf.resolve()} "
+                  f"(PDF made by {written.pdf_renderer})")
     submission = args.work / "submission"
     try:
         if not submission.exists():
-            export(outputs["run"], submission, outputs["shards"] / "test", page.parent)
+            export(chain.report.run, submission, chain.shards / "test", written.page.parent)
     except UserError as err:
         console.print(f"[red]demo failed at step 'hand-in':[/red] {err}", soft_wrap=True)
         return 1

@@ -8,12 +8,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # `common` sits below every stage; the top-level scripts (demo, its report page, bonus_1) above all of them.
 STAGES = ("common", "shard_builder", "loaders", "model", "train", "eval", "edit", "demo")
-TOP_LEVEL = {"demo": "demo", "report": "demo", "bonus_1": "demo", "floors": "demo"}
+TOP_LEVEL = {"demo": "demo", "report": "demo", "bonus_1": "demo", "quality": "demo"}
 
 
 def _modules() -> dict[str, Path]:
-    found = {name: REPO / f"{name}.py" for name in TOP_LEVEL}
-    for stage in STAGES[:-1]:
+    found = {name: REPO / f"{name}.py" for name in TOP_LEVEL if (REPO / f"{name}.py").is_file()}
+    for stage in [*STAGES[:-1], *(name for name in TOP_LEVEL if (REPO / name).is_dir())]:
         for path in sorted((REPO / stage).glob("*.py")):
             found[stage if path.stem == "__init__" else f"{stage}.{path.stem}"] = path
     return found
@@ -35,7 +35,8 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
 
 
 def _stage(module: str) -> str:
-    return TOP_LEVEL.get(module, module.split(".")[0])
+    top = module.split(".")[0]
+    return TOP_LEVEL.get(top, top)
 
 
 def _graph() -> dict[str, set[str]]:
