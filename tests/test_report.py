@@ -1,5 +1,6 @@
 """The report page and the demo that writes it: every section is there, in a real headless Chromium every image
-loads, a re-run skips finished steps, and a failing step is named with the finished ones kept."""
+loads, the PDF is written with or without Chromium, a re-run skips finished steps, and a failing step is named
+with the finished ones kept."""
 from __future__ import annotations
 
 import json
@@ -14,14 +15,14 @@ import pytest
 from PIL import Image
 
 import demo
-from report import write_report
+from report import ReportInputs, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--virtual-time-budget=5000"]
 DEMO_SECTIONS = ("Samples and training curves", "Autoencoder vs VAE", "Design and hyperparameters", "Test metrics",
-                 "Quality floors", "Editing: amplify", "Editing: guide", "Editing: identity", "Benchmarks")
+                 "Quality targets", "Editing: amplify", "Editing: guide", "Editing: identity", "Benchmarks")
 DEMO_FLAGS = ["--synthetic-images", "1000", "--epochs", "1", "--classifier-epochs", "1"]
 
 
@@ -42,8 +43,28 @@ def _image_counts(dom: str) -> tuple[int, int]:
     return _body_data(dom, "images"), _body_data(dom, "broken-images")
 
 
+def _hide_chromium(monkeypatch, tmp_path: Path) -> None:
+    """PATH without any browser: the report must draw its PDF itself."""
+    empty = tmp_path / "no-browser"
+    empty.mkdir(exist_ok=True)
+    monkeypatch.setenv("PATH", str(empty))
+
+
+def _pdf_pages_and_images(pdf: Path) -> tuple[int, int]:
+    """Page and image objects of a PDF, read back with pypdf when installed, else counted in its bytes (matplotlib
+    writes page and image dictionaries uncompressed)."""
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF-")
+    try:
+        from pypdf import PdfReader
+    except ImportError:
+        return len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", data)), len(re.findall(rb"/Subtype\s*/Image", data))
+    reader = PdfReader(pdf)
+    return len(reader.pages), sum(len(page.images) for page in reader.pages)
+
+
 def test_report_of_a_bare_run_has_its_sections_and_no_broken_image(tiny_run, tmp_path):
-    page = write_report(tmp_path / "report", tiny_run)
+    page = write_report(tmp_path / "report", ReportInputs(run=tiny_run)).page
     text = page.read_text()
     for section in ("Samples and training curves", "Design and hyperparameters", "loss_curves", "reconstructions",
                     "interpolation", "samples", "latent_dim", "valid bits/dim"):
@@ -56,15 +77,24 @@ def test_report_of_a_bare_run_has_its_sections_and_no_broken_image(tiny_run, tmp
 def test_pdf_of_a_page_given_by_a_relative_path(tiny_run, tmp_path, monkeypatch):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed")
-    from report import write_pdf
-
     monkeypatch.chdir(tmp_path)
-    write_report(Path("report"), tiny_run)  # the demo's default work folder is relative: runs/demo
-    assert write_pdf(Path("report") / "index.html").stat().st_size > 10_000
+    written = write_report(Path("report"), ReportInputs(run=tiny_run), pdf=True)  # the demo's work folder: runs/demo
+    assert written.pdf_renderer == "Chromium" and written.pdf.stat().st_size > 10_000
+
+
+def test_pdf_without_chromium_is_drawn_with_matplotlib(tiny_run, tmp_path, monkeypatch):
+    _hide_chromium(monkeypatch, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    written = write_report(Path("report"), ReportInputs(run=tiny_run), pdf=True)
+    assert written.pdf_renderer == "matplotlib" and written.pdf == Path("report") / "report.pdf"
+    assert "report.pdf made by matplotlib" in written.page.read_text()  # the page says which renderer
+    pages, images = _pdf_pages_and_images(written.pdf)
+    assert pages >= 3  # a title page, then each of the two sections from a new page
+    assert images == 6  # every figure of the page
 
 
 def test_the_browser_check_does_see_a_broken_image(tiny_run, tmp_path):
-    page = write_report(tmp_path / "report", tiny_run)
+    page = write_report(tmp_path / "report", ReportInputs(run=tiny_run)).page
     next((tmp_path / "report" / "img").glob("*reconstructions*")).unlink()
     images, broken = _image_counts(_browser(page, tmp_path, "--dump-dom"))
     assert images == 6 and broken == 1
@@ -174,6 +204,16 @@ def test_demo_rerun_skips_every_finished_step(demo_work, capsys):
         assert f"{name}: complete, skipped" in out, name
     assert json.loads((demo_work / "step_seconds.json").read_text()) == times
     assert (demo_work / "report" / "index.html").is_file()
+
+
+def test_demo_without_chromium_still_writes_its_pdf(demo_work, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    shutil.copytree(demo_work, work)
+    _hide_chromium(monkeypatch, tmp_path)
+    assert demo.main(["--work", str(work), *DEMO_FLAGS]) == 0
+    assert "PDF made by matplotlib" in capsys.readouterr().out
+    pages, images = _pdf_pages_and_images(work / "report" / "report.pdf")
+    assert pages > len(DEMO_SECTIONS) and images == len(list((work / "report" / "img").iterdir()))
 
 
 def test_demo_names_the_failing_step_and_keeps_finished_work(demo_work, tmp_path, capsys):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import demo
-from report import TARGET_ACTIVE, TARGET_BPD, comparison_sentences, write_report
+from quality import HARMONIC_TARGET
+from report import ReportInputs, write_report
 
 
 def _section(text: str, title: str) -> str:
@@ -22,7 +23,7 @@ def _section(text: str, title: str) -> str:
 
 @pytest.fixture(scope="module")
 def compared(tiny_run, synthetic_shards, tmp_path_factory) -> dict[str, Path]:
-    """A 1-epoch tiny autoencoder beside the session's tiny VAE, both evaluated on the test split with a judge
+    """A 1-epoch tiny autoencoder beside the test run's tiny VAE, both evaluated on the test split with a judge
     (an untrained classifier: the Fréchet distances only need its features)."""
     import torch
 
@@ -44,8 +45,7 @@ def compared(tiny_run, synthetic_shards, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_comparison_section_shows_both_runs_grids_and_their_numbers(compared, tmp_path):
-    page = write_report(tmp_path / "report", compared["run"], compared["eval_json"], ae_run=compared["ae_run"],
-                        ae_eval_json=compared["ae_eval_json"])
+    page = write_report(tmp_path / "report", ReportInputs(**compared)).page
     text = page.read_text()
     assert text.index(">Samples and training curves</h2>") < text.index(">Autoencoder vs VAE</h2>") \
         < text.index(">Design and hyperparameters</h2>")  # right after the VAE's grids, before the long tables
@@ -61,32 +61,11 @@ def test_comparison_section_shows_both_runs_grids_and_their_numbers(compared, tm
         for value in (report["metrics"]["psnr"], report["sample_quality"]["fd_samples_t1"],
                       report["sample_quality"]["fd_real_reference"], report["prior_match"]["cov_distance_to_identity"]):
             assert f"{value:.4f}" in section, value  # the table's cell
-        assert f"{report['sample_quality']['fd_samples_t1']:.3g}" in section  # and the sentence's
-    assert "Reconstruction: the autoencoder reaches" in section and "Prior samples at T = 1" in section
 
 
 def test_report_without_autoencoder_inputs_has_no_comparison_section(tiny_run, tmp_path):
-    text = write_report(tmp_path / "report", tiny_run).read_text()
+    text = write_report(tmp_path / "report", ReportInputs(run=tiny_run)).page.read_text()
     assert "Autoencoder vs VAE" not in text and "sweep" not in text
-
-
-def test_comparison_sentences_name_the_model_the_numbers_favour():
-    numbers = {"steps": 600, "psnr": 20.0, "fd_t1": 0.9, "fd_floor": 0.2, "fd_recon": 0.4, "cov": 3.0,
-               "eig_min": -1e-17, "eig_max": 40.0, "mean_rms": 1.5}
-    vae = numbers | {"psnr": 18.0, "fd_t1": 0.5, "cov": 0.4, "eig_min": 0.1, "eig_max": 0.9}
-    text = " ".join(comparison_sentences(numbers, vae))
-    assert "budget" not in text  # same step count
-    assert "the autoencoder by 2.0 dB" in text
-    assert "0.9 to the test images for the autoencoder and 0.5 for the VAE" in text
-    assert "the VAE's samples are closer" in text and "the VAE's codes are closer" in text
-    assert "eigenvalues 0 to 40" in text  # a rounding-negative eigenvalue shown as 0
-    swapped = " ".join(comparison_sentences(vae, numbers))
-    assert "the autoencoder's samples are closer" in swapped and "the VAE by 2.0 dB" in swapped
-    even = " ".join(comparison_sentences(numbers | {"steps": 150}, numbers | {"fd_t1": 0.88}))
-    assert "both models' samples are about as close" in even
-    assert "The autoencoder trained for 150 steps and the VAE for 600: the two are not compared at the same" in even
-    no_judge = numbers | {"fd_t1": None, "fd_floor": None, "fd_recon": None}
-    assert not [s for s in comparison_sentences(no_judge, no_judge) if "Fréchet" in s]
 
 
 def _sweep_result(latent: int, beta: float, bpd: float, harmonic: float, active: int) -> dict:
@@ -112,24 +91,25 @@ def test_sweep_section_tables_every_configuration_and_highlights_the_target(tiny
                _sweep_result(2048, 1.0, 5.75, 0.42, 300),  # meets the target
                _sweep_result(2048, 0.5, 5.95, 0.55, 40)]  # too many bits/dim, too few active components
     sweep = _write_sweep(tmp_path / "sweep", results)
-    text = write_report(tmp_path / "report", tiny_run, sweep_dir=sweep).read_text()
+    text = write_report(tmp_path / "report", ReportInputs(run=tiny_run, sweep_dir=sweep)).page.read_text()
     section = _section(text, "Latent size and β sweep")
     assert "20 minutes" in section and "--preset tiny" in section
     rows = re.findall(r"<tr( class='mark')?><td class='num'>([\d,]+)</td><td>([\d.]+)</td>", section)
     assert [(latent, beta, bool(mark)) for mark, latent, beta in rows] == [
         ("128", "1", False), ("2,048", "1", True), ("2,048", "0.5", False)]
-    assert "misses: H ≥ 1" in section and f"misses: bits/dim > {TARGET_BPD:g}, active < {TARGET_ACTIVE}" in section
-    assert "1 of 3 configurations meet the target" in section and "d = 2048, β = 1 (highlighted)" in section
+    assert "misses: H ≥ 1" in section
+    assert f"misses: bits/dim > {HARMONIC_TARGET.bpd:g}, active < {HARMONIC_TARGET.active}" in section
+    assert str(HARMONIC_TARGET) in section
     assert "300 / 2048" in section and "0.4200" in section
     image = re.search(r"<img src='img/([^']+sweep\.png)'", section).group(1)
     assert (tmp_path / "report" / "img" / image).stat().st_size > 5_000
 
 
-def test_sweep_section_says_when_no_configuration_meets_the_target(tiny_run, tmp_path):
+def test_sweep_section_marks_nothing_when_no_configuration_meets_the_target(tiny_run, tmp_path):
     sweep = _write_sweep(tmp_path / "sweep", [_sweep_result(16, 1.0, 8.3, 0.17, 13)])
-    section = _section(write_report(tmp_path / "report", tiny_run, sweep_dir=sweep).read_text(),
+    section = _section(write_report(tmp_path / "report", ReportInputs(run=tiny_run, sweep_dir=sweep)).page.read_text(),
                        "Latent size and β sweep")
-    assert "The one configuration does not meet the target" in section and "class='mark'" not in section
+    assert "misses: bits/dim > 5.8, active < 64" in section and "class='mark'" not in section
 
 
 def test_demo_refuses_a_sweep_folder_without_sweep_json_before_any_work(tmp_path, capsys):
