@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(column, justify="left" if column in ("measure", "target") else "right")
     for row in rows:
         value = "-" if row["value"] is None else f"{row['value']:.3f}".rstrip("0").rstrip(".")
-        table.add_row(row["measure"], value, row["target"], {True: "[green]yes", False: "[red]no", None: "-"}[row["met"]])
+        met = {True: "[green]yes", False: "[red]no", None: "-"}[row["met"]]
+        table.add_row(row["measure"], value, row["target"], met)
     console.print(table)
     (args.work / "quality.json").write_text(json.dumps({"data": args.data, "stated_for": stated_for, "checks": rows},
                                                        indent=2) + "\n")

@@ -1,11 +1,11 @@
-"""`python -m loaders.bench --root CELEBA`: every loader and the seeds' baseline side by side -> table + JSON.
+"""`python -m loaders.bench --root CELEBA`: every loader and the course's baseline loader side by side -> table + JSON.
 
 Rates are images per second delivered as device batches (uint8 [B,3,64,64] on the device, synchronised on
 CUDA), in training mode (shuffle, drop_last) over the train split:
 
-- seeds: `ImageFolder` over the JPEG folder + `Resize(64)`, `CenterCrop(64)`, `ToTensor`, `Normalize`, a
-  DataLoader with one worker per core (persistent, as ours), pinned and copied to the device; timed from
-  `iter()` over as many images as one epoch of the others (`--seeds-images` to change).
+- seeds (the course's baseline loader): `ImageFolder` over the JPEG folder + `Resize(64)`, `CenterCrop(64)`,
+  `ToTensor`, `Normalize`, a DataLoader with one worker per core (persistent, as ours), pinned and copied to the
+  device; timed from `iter()` over as many images as one epoch of the others (`--seeds-images` to change).
 - webdataset and dali on raw and on JPEG shards, resident: whole epochs, each timed from `iter()` (shuffle
   buffer fill, DALI pipeline build included), after one untimed warm-up epoch (worker start-up).
 
@@ -37,7 +37,7 @@ from shard_builder.layouts import find_layout
 from shard_builder.read import load_dataset_json
 
 
-GOALS = {"streaming": 25, "resident": 100}  # x the seeds' loader, on the 2-core development machine
+GOALS = {"streaming": 25, "resident": 100}  # x the course's baseline loader, on the 2-core development machine
 
 
 def _sync(device: torch.device) -> None:
@@ -46,12 +46,12 @@ def _sync(device: torch.device) -> None:
 
 
 def seeds_loader(root: Path, folder: Path, batch_size: int, device: torch.device, workers: int):
-    """The seeds' pipeline; ImageFolder needs a class folder, so `folder` gets one linking to the images."""
+    """The course's baseline pipeline; ImageFolder needs a class folder, so `folder` gets one linking to the images."""
     from torchvision import datasets, transforms
 
     images = find_layout(root).images
     if images.is_zip:
-        raise AnnotationError(f"{images.path}: the seeds' ImageFolder reads a folder of JPEGs; extract this zip")
+        raise AnnotationError(f"{images.path}: the baseline's ImageFolder reads a folder of JPEGs; extract this zip")
     folder.mkdir()
     (folder / "img_align_celeba").symlink_to(images.path.resolve())
     transform = transforms.Compose([transforms.Resize(64), transforms.CenterCrop(64), transforms.ToTensor(),
@@ -160,13 +160,14 @@ def print_table(results: dict, console: Console) -> None:
         for name, key in (("best streaming loader", "best_streaming"), ("resident", "resident")):
             ratio, goal = goals[f"{key}_x_seeds"], goals[f"{key}_goal"]
             verdict = "[green]met[/green]" if ratio >= goal else "[red]missed[/red]"
-            console.print(f"goal {name} >= {goal}x the seeds' loader: {ratio:,.1f}x {verdict}")
+            console.print(f"goal {name} >= {goal}x the baseline loader (seeds): {ratio:,.1f}x {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loaders.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, help="CelebA root: the seeds' baseline and the shards built from it")
+    parser.add_argument("--root", type=Path,
+                        help="CelebA root: the course's baseline loader and the shards built from it")
     parser.add_argument("--shards", type=Path, nargs="+", help="existing build(s) to use instead of building")
     parser.add_argument("--cache", type=Path, help="keep the shards built from --root here (reused when complete)")
     parser.add_argument("--json", type=Path, default=Path("bench_results/loaders.json"))
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="default: cuda when available, else cpu")
     args = parser.parse_args(argv)
     if args.root is None and not args.shards:
-        parser.error("give --root (builds raw and jpg shards, runs the seeds' baseline) and/or --shards")
+        parser.error("give --root (builds raw and jpg shards, runs the course's baseline loader) and/or --shards")
     console = Console()
     if not console.is_terminal:
         console = Console(width=120)  # redirected (CI logs, BENCHMARKS.md): don't wrap the table at 80 columns

@@ -265,7 +265,8 @@ def quality_section(quality: dict) -> Section:
     rows = [[c["measure"], c["value"], c["target"], {True: "yes", False: "no", None: "-"}[c["met"]]] for c in checks]
     return Section("Quality targets", [
         Text(f"The README's targets for {quality['stated_for']} (`python quality.py`); not met: highlighted."),
-        Table(["measure", "value", "target", "met"], rows, marked=[i for i, c in enumerate(checks) if c["met"] is False])])
+        Table(["measure", "value", "target", "met"], rows,
+              marked=[i for i, c in enumerate(checks) if c["met"] is False])])
 
 
 # ------------------------------------------------------------------------------------------------------- sweep

@@ -111,7 +111,8 @@ class Crop:
         return left, top, left + side, top + side
 
 
-# `center` reproduces the seeds' Resize(64)+CenterCrop(64) field of view; `nvae148` is NVAE's CelebA-64 crop.
+# `center` reproduces the field of view of the course's torchvision Resize(64)+CenterCrop(64); `nvae148` is
+# NVAE's CelebA-64 crop.
 CROPS = {
     "center": Crop("center", None),
     "nvae148": Crop("nvae148", (15, 40, 163, 188)),
