@@ -47,7 +47,8 @@ def write_pdf(page: Path, sections: list[Section], title: str, subtitle: str, br
 WIDTH, HEIGHT, MARGIN = 8.27, 11.69, 0.6
 LINE = 1.45 / 72  # inches per point of font size
 MONO_CHAR = 0.6 / 72  # a monospaced character's width, inches per point
-CELL_CHARS = 36  # longer cells are cut
+CELL_CHARS = 40  # longer cells wrap onto more lines
+HEADER_CHARS = 14
 
 
 class Sheets:
@@ -81,16 +82,21 @@ class Sheets:
         self.y -= size * LINE / 2
 
     def table(self, table: Table) -> None:
-        cells = [[str(h).replace("_", " ") for h in table.header]] + \
-            [[format_value(v) for v in row] for row in table.rows]
-        cells = [[c if len(c) <= CELL_CHARS else c[:CELL_CHARS - 1] + "…" for c in row] for row in cells]
-        widths = [max(len(row[i]) for row in cells if i < len(row)) for i in range(len(cells[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-        size = max(4.0, min(7.5, (WIDTH - 2 * MARGIN) / (max(map(len, lines)) * MONO_CHAR)))
-        for i, text in enumerate(lines):
-            marked = i - 1 in table.marked
-            self.line(("▶ " if marked else "  ") + text, size, family="monospace",
-                      weight="bold" if i == 0 or marked else "normal")
+        """Monospaced columns; long cells wrap within their column (headers to the body's width, at least
+        HEADER_CHARS), marked rows bold with an arrow."""
+        body = [[textwrap.wrap(format_value(v), CELL_CHARS) or [""] for v in row] for row in table.rows]
+        columns = range(len(table.header))
+        body_widths = [max((len(piece) for row in body for piece in row[i]), default=0) for i in columns]
+        header = [textwrap.wrap(str(h).replace("_", " "), max(HEADER_CHARS, body_widths[i])) or [""]
+                  for i, h in enumerate(table.header)]
+        widths = [max(body_widths[i], *(len(piece) for piece in header[i])) for i in columns]
+        rows = [(header, True, False)] + [(row, False, i in table.marked) for i, row in enumerate(body)]
+        size = max(4.0, min(7.5, (WIDTH - 2 * MARGIN) / ((sum(widths) + 2 * len(widths) + 2) * MONO_CHAR)))
+        for cells, is_header, marked in rows:
+            for line in range(max(len(cell) for cell in cells)):
+                text = "  ".join((cell[line] if line < len(cell) else "").ljust(w) for cell, w in zip(cells, widths))
+                self.line(("▶ " if marked and line == 0 else "  ") + text, size, family="monospace",
+                          weight="bold" if is_header or marked else "normal")
         self.y -= size * LINE
 
     def image(self, path: Path, caption: str) -> None:

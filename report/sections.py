@@ -152,8 +152,9 @@ KL_KEYS = ("beta", "kl_anneal", "kl_anneal_steps", "perceptual")
 
 
 def _settings(config: dict, keys: tuple[str, ...]) -> str:
-    return ", ".join(f"{key.replace('_', ' ')} {format_value(config[key])}" for key in keys
-                     if config.get(key) not in (None, ""))
+    shown = {key: config[key] for key in keys if config.get(key) not in (None, "")}
+    return ", ".join(f"{key.replace('_', ' ')} {value:g}" if isinstance(value, float) else
+                     f"{key.replace('_', ' ')} {format_value(value)}" for key, value in shown.items())
 
 
 def design_section(run: Path) -> Section:
