@@ -52,9 +52,6 @@ class Section:
     title: str
     blocks: list[Block] = field(default_factory=list)
 
-    def figures(self) -> list[Figure]:
-        return [f for block in self.blocks if isinstance(block, Figures) for f in block.figures]
-
 
 def flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
     """Nested dict -> [(dotted key, scalar)], long lists and lists of records left out (figures and tables show them)."""
