@@ -184,8 +184,7 @@ def design_section(run: Path) -> Section:
     training = {k: v for k, v in config.items() if k not in RUN_PLACES}
     run_fields = {k: v for k, v in summary.items() if k != "last_epoch"}
     return Section("Design and hyperparameters", [
-        Text("The choices this run was trained with; the README's documentation (docs/training.md) gives the "
-             "reasons."),
+        Text("The choices this run was trained with; docs/training.md gives the reasons for the defaults."),
         Table(["choice", "value"], [list(row) for row in rows]),
         fields({"model": model, "training": training, "run": run_fields, "data": dataset or {}})])
 
