@@ -394,12 +394,14 @@ def test_sweep_trains_and_scores_every_configuration(synthetic_shards, tmp_path)
     from eval.sweep import main as sweep_main
 
     out = tmp_path / "sweep"
-    flags = ["--latent-dims", "16,32", "--betas", "1", "--minutes", "0.03"]
+    flags = ["--latent-dims", "16,32", "--betas", "1", "--rates", "0,5", "--minutes", "0.03"]
     train = ["--", "--preset", "tiny", "--batch-size", "16", "--warmup-steps", "4", "--compile", "off",
              "--precision", "fp32", "--no-figures"]
     assert sweep_main(["--shards", str(synthetic_shards), "--out", str(out), *flags, *train]) == 0
     results = json.loads((out / "sweep.json").read_text())["results"]
-    assert [(r["latent_dim"], r["beta"]) for r in results] == [(16, 1.0), (32, 1.0)]
+    assert [(r["latent_dim"], r["beta"], r["rate_target"]) for r in results] == [
+        (16, 1.0, 0.0), (16, 1.0, 5.0), (32, 1.0, 0.0), (32, 1.0, 5.0)]
+    assert (out / "latent32-beta1-rate5" / "config.json").is_file()
     assert all(math.isfinite(r["harmonic"]) and r["bpd"] > 0 for r in results)
     assert (out / "sweep.png").stat().st_size > 10_000
     stamp = (out / "latent16-beta1" / "eval" / "eval-test.json").stat().st_mtime_ns

@@ -43,6 +43,10 @@ class TrainConfig:
     kl_anneal: str = "linear"  # linear | cyclical | none
     kl_anneal_steps: int = 2000  # linear: ramp length; cyclical: period
     kl_cycle_ramp: float = 0.5  # cyclical: fraction of each period spent ramping
+    # Rate control (train.rate): > 0 holds the KL at this many nats per image with a Lagrange multiplier that
+    # replaces beta once the linear KL warm-up is over; 0 keeps the fixed beta
+    rate_target: float = 0.0
+    rate_lr: float = 0.01  # the multiplier's step: log lambda += rate_lr * (KL - target) / target per step
     # optional perceptual loss: torchvision:<arch> (weights from the local torch cache) | classifier:<ckpt>
     perceptual: str = ""
     perceptual_weight: float = 0.1

@@ -37,6 +37,7 @@ from train.config import TrainConfig, parse_config
 from train.figures import save_samples, write_figures
 from train.objective import EMA, STAT_NAMES, AdversarialPhases, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
+from train.rate import RateControl
 
 console = Console()
 CALIBRATION_STEPS = 30  # --minutes: steps timed before planning (fewer if the warm-up is shorter)
@@ -109,6 +110,7 @@ class Run:
     step_module: torch.nn.Module  # the (compiled, DDP-wrapped) VAEObjective
     optimizer: torch.optim.Optimizer
     adversarial: AdversarialPhases | None  # the adversarial autoencoder's regularisation phase
+    rate: RateControl | None  # --rate-target: the KL weight as a Lagrange multiplier
     scheduler: torch.optim.lr_scheduler.LambdaLR
     state: TrainerState
     window: LogWindow
@@ -142,6 +144,8 @@ class Run:
 
 
 def setup(cfg: TrainConfig) -> Run:
+    if cfg.rate_target and cfg.kl_anneal == "cyclical":
+        raise SystemExit("--rate-target replaces the KL weight after a linear warm-up: use --kl-anneal linear or none")
     if cfg.minutes and cfg.warmup_steps < 3:
         raise SystemExit("--minutes plans the step count during the LR warm-up: use --warmup-steps 3 or more")
     on_cuda = torch.cuda.is_available()
@@ -184,6 +188,7 @@ def setup(cfg: TrainConfig) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.warmup_steps, schedule_length(), cfg.min_lr_ratio))
     ema = EMA(vae, cfg.ema_decay)
+    rate = RateControl(cfg.rate_target, cfg.rate_lr, cfg.beta, device) if cfg.rate_target else None
     ema_vae = copy.deepcopy(vae).eval().requires_grad_(False)
 
     # Compile once (not per epoch), then DDP. The scheduler is stepped by hand, not prepared: Accelerate
@@ -193,7 +198,8 @@ def setup(cfg: TrainConfig) -> Run:
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             step_module, [name for name, _ in step_module.named_parameters() if ".discriminator." in name])
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
-    accelerator.register_for_checkpointing(scheduler, ema, state, *(adversarial.optimizers if adversarial else ()))
+    accelerator.register_for_checkpointing(scheduler, ema, state, *(adversarial.optimizers if adversarial else ()),
+                                           *([rate] if rate else []))
     if cfg.resume:
         resume_from = latest_checkpoint(cfg.out_path) if cfg.resume == "latest" else Path(cfg.resume)
         if resume_from is None:
@@ -207,7 +213,7 @@ def setup(cfg: TrainConfig) -> Run:
                         disable=not main_process)
     bar = progress.add_task("train", total=len(train_loader), epoch=state.epoch, stats="")
     return Run(cfg, accelerator, train_loader, valid_loader, vae, ema, ema_vae, step_module, optimizer, adversarial,
-               scheduler, state, LogWindow(torch.zeros(len(STAT_NAMES), device=device)), progress, bar,
+               rate, scheduler, state, LogWindow(torch.zeros(len(STAT_NAMES), device=device)), progress, bar,
                open(cfg.out_path / "metrics.jsonl", "a") if main_process else None,
                # The first 16 test images, fixed across epochs: 8 to reconstruct, 4 pairs to interpolate between.
                first_images(shards / "test", 16).to(device) if cfg.figures and main_process else None)
@@ -249,8 +255,12 @@ def train_one_epoch(run: Run) -> bool:
         if batch is None or (state.planned_steps and state.step == state.planned_steps):
             return True
         weight = kl_weight(state.step, cfg.kl_anneal, cfg.beta, cfg.kl_anneal_steps, cfg.kl_cycle_ramp)
+        constrained = run.rate is not None and (cfg.kl_anneal == "none" or state.step >= cfg.kl_anneal_steps)
         with accelerator.autocast():
-            loss, stats, codes = run.step_module(batch.images, torch.tensor(weight, device=device))
+            loss, stats, codes = run.step_module(
+                batch.images, run.rate.multiplier if constrained else torch.tensor(weight, device=device))
+        if constrained:
+            run.rate.update(accelerator.reduce(stats[3], "mean"))
         accelerator.backward(loss)
         # The clipped norm is computed on the all-reduced gradients, so every rank sees the same value and
         # takes the same branch; this is the step's one CPU-GPU sync.
@@ -280,7 +290,7 @@ def train_one_epoch(run: Run) -> bool:
         state.epoch_sums += torch.cat([stats.detach().double(), stats.new_ones(1, dtype=torch.float64)])
         run.progress.advance(run.bar)
         if state.step % cfg.log_every == 0:
-            log_steps(run, weight)
+            log_steps(run, float(run.rate.multiplier) if constrained else weight)
         if state.step % cfg.checkpoint_every == 0:
             save_checkpoint(run)
         if cfg.max_steps and state.step >= cfg.max_steps:
