@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from .blocks import DownBlock, ResNeXtBottleneck, UpBlock
 from .layers import num_groups
-from . import likelihoods
+from .likelihoods import create as create_likelihood, get as get_likelihood
 from .metrics import to_model_range
 
 MODELS = ("vae", "ae", "aae")
@@ -93,7 +93,7 @@ class VAEConfig:
             raise ValueError(f"channels {self.channels} and depths {self.depths} need equal, nonzero length")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
-        likelihoods.get(self.likelihood).check(self)
+        get_likelihood(self.likelihood).check(self)
         if self.image_size % (2 ** len(self.channels)) != 0:
             raise ValueError(f"image_size {self.image_size} not divisible by 2**{len(self.channels)}")
         if self.last_upsample not in UpBlock.MODES:
@@ -250,7 +250,7 @@ class Decoder(nn.Module):
         c0 = cfg.channels[0]
         self.norm_out = nn.GroupNorm(num_groups(c0), c0, eps=1e-6) if norm else nn.Identity()
         self.act = nn.SiLU()
-        self.likelihood = likelihoods.create(cfg)
+        self.likelihood = create_likelihood(cfg)
         self.conv_out = nn.Conv2d(c0, self.likelihood.out_channels, cfg.head_kernel_size,
                                   padding=cfg.head_kernel_size // 2)
         for name, value in self.likelihood.running_stats().items():

@@ -530,3 +530,76 @@ def test_rgb_covariance_with_uncorrelated_channels_is_three_independent_gaussian
     rgb = _likelihood("gaussian_rgb").nll(x8, mean, torch.diag(variances))
     per_channel = variances.log().view(1, 3, 1, 1)
     torch.testing.assert_close(rgb.discretized, discretized_gaussian_nll(x8, mean, per_channel))
+
+
+# ----------------------------------------------------------------------------- the compiled training step
+
+TINY_NET = dict(channels=(8, 16, 32), depths=(0, 0, 0), mid_depth=0, latent_dim=16, num_mixtures=2)
+
+
+@pytest.mark.parametrize("name", list(LIKELIHOODS))
+def test_the_training_objective_compiles_in_one_graph_and_steps_as_eager(name):
+    """fullgraph=True fails on any graph break (a float() or .item() of the running sigma would be one); two
+    steps compiled give the eager steps' loss, statistics, gradients and running buffers. aot_eager runs the
+    graph capture and the functionalisation of the buffer updates that inductor gets, without its code generation
+    (minutes per network on a CPU; the next test runs inductor on the likelihood's own step)."""
+    import copy
+
+    from model import VAE
+    from train.objective import VAEObjective
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(likelihood=name, **TINY_NET))
+    eager = copy.deepcopy(vae)
+    compiled = torch.compile(VAEObjective(vae), fullgraph=True, backend="aot_eager")
+    images = torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    for step in range(2):
+        results = []
+        for model, objective in ((vae, compiled), (eager, VAEObjective(eager))):
+            model.zero_grad()
+            torch.manual_seed(step)  # the same posterior draw
+            loss, stats, _ = objective(images, torch.tensor(0.5))
+            loss.backward()
+            results.append((stats, [p.grad for p in model.parameters()], [b.clone() for b in model.buffers()]))
+        (stats, grads, buffers), (eager_stats, eager_grads, eager_buffers) = results
+        torch.testing.assert_close(stats, eager_stats, rtol=1e-4, atol=1e-4)
+        for grad, eager_grad in zip(grads, eager_grads):
+            torch.testing.assert_close(grad, eager_grad, rtol=1e-2, atol=1e-3)  # summation order differs
+        for buffer, eager_buffer in zip(buffers, eager_buffers):
+            torch.testing.assert_close(buffer, eager_buffer)
+    if name in ("gaussian_shared", "gaussian_rgb"):
+        assert int(vae.decoder.shared_updates) == 2
+
+
+def test_inductor_compiles_the_running_covariance_update_and_the_nll():
+    """The shared-covariance step (closed-form batch covariance, its in-place running average, the training and
+    evaluation NLL, the std) as inductor code, twice: the same values, gradient and buffers as eager."""
+    import copy
+
+    from model import VAE
+
+    torch._dynamo.reset()
+    decoder = VAE(VAEConfig(likelihood="gaussian_rgb", **TINY_NET)).decoder
+    eager_decoder = copy.deepcopy(decoder)
+    likelihood = decoder.likelihood
+
+    def step(x8, x_mean, owner):
+        cov = likelihood.batch_params(to_model_range(x8), x_mean, owner.shared_cov, owner)
+        nll = likelihood.nll(x8, x_mean, cov)
+        return nll.train.sum(), nll.discretized, likelihood.std(cov, len(x8))
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor")
+    generator = torch.Generator().manual_seed(2)
+    x8 = torch.randint(0, 256, (2, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    for _ in range(2):
+        mean = to_model_range(x8) + 0.1 * torch.randn(2, 3, 8, 8, generator=generator)
+        results = []
+        for owner, run in ((decoder, compiled), (eager_decoder, step)):
+            x_mean = mean.clone().requires_grad_(True)
+            train, discretized, std = run(x8, x_mean, owner)
+            train.backward()
+            results.append((train, discretized, std, x_mean.grad, owner.shared_cov.clone()))
+        for got, expected in zip(*results):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert int(decoder.shared_updates) == 2

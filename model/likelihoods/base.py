@@ -6,13 +6,10 @@ trainer and eval ask it, never its name. Adding one is a new module with a `@reg
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn as nn
-
-if TYPE_CHECKING:
-    from model.vae import VAEConfig
 
 
 class NLLTerms(NamedTuple):
@@ -30,6 +27,7 @@ class Likelihood:
     names and starting values, the decoder registers them (so they are saved with its weights, under its prefix:
     `decoder.shared_cov`), and `head` / `batch_params` receive the decoder to read and update them in place.
     Everything here runs inside the compiled training step: tensor ops only, no `float()` or `.item()`.
+    `cfg` is the model's VAEConfig (model.vae, which imports this package).
     """
 
     name: ClassVar[str]
@@ -37,11 +35,11 @@ class Likelihood:
     fits_global_sigma: ClassVar[bool] = False
     eval_note: ClassVar[str | None] = None  # a caveat every evaluation report of such a model carries
 
-    def __init__(self, cfg: VAEConfig):
+    def __init__(self, cfg):
         self.cfg = cfg
 
     @classmethod
-    def check(cls, cfg: VAEConfig) -> None:
+    def check(cls, cfg) -> None:
         """Raise ValueError for a config this family cannot be built from."""
 
     @property
@@ -94,6 +92,6 @@ def get(name: str) -> type[Likelihood]:
     return LIKELIHOODS[name]
 
 
-def create(cfg: VAEConfig) -> Likelihood:
+def create(cfg) -> Likelihood:
     """The likelihood `cfg.likelihood` names, built for this config."""
     return get(cfg.likelihood)(cfg)
