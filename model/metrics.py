@@ -1,5 +1,5 @@
-"""The pixel convention, the KL to the prior and the metrics: the one place the project defines them (SPEC
-section 4); the decoder likelihoods are `model.likelihoods`.
+"""The pixel convention, the KL to the prior and the metrics: the one place the project defines them; the
+decoder likelihoods are `model.likelihoods`.
 
 Conventions
 - Pixels x in {0..255}; model range is x/127.5 - 1 in [-1, 1]; one grey level is 2/255 wide.

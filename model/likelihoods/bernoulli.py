@@ -1,4 +1,4 @@
-"""One Bernoulli per sub-pixel of the binarised image: each sub-pixel is observed as x >= 128 (the seeds'
+"""One Bernoulli per sub-pixel of the binarised image: each sub-pixel is observed as x >= 128 (the
 binary-MNIST setting carried over to CelebA's grey levels); its likelihoods and bits/dim are those of the binary
 data."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A 256-way categorical per sub-pixel (seeds 002, 003): exact and unordered (it does not know that level 100 is
+"""A 256-way categorical per sub-pixel: exact and unordered (it does not know that level 100 is
 next to 101). Logits [B, 3*256, H, W], channel-major (R's 256, G's, B's)."""
 from __future__ import annotations
 
