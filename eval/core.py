@@ -103,8 +103,9 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
         options = replace(options, iw_samples=0)  # no posterior to importance-sample
     loader = _loader(options.loader, split_dir, options, device, rank, world_size)
 
+    likelihood = vae.decoder.likelihood
     fixed = None
-    if cfg.likelihood == "gaussian_fixed" and options.fit_sigma:
+    if likelihood.fits_global_sigma and options.fit_sigma:
         fixed = _fit_sigma(vae, split_dir, options, device, rank, world_size, reduce_sum, warnings, log)
 
     log(f"evaluating {len(loader.split):,} images of {split_dir} ({options.samples} z sample(s) per image"
@@ -128,9 +129,8 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
                         f"(Var[mu] > {ACTIVE_THRESHOLD:g}), fewer than a quarter: the posterior has largely "
                         f"collapsed, and a low H means little here")
     warnings += _data_warnings(loader.split.dataset, trained_on)
-    if cfg.likelihood == "bernoulli":
-        warnings.append("Bernoulli decoder: every likelihood here (NLL, bits/dim, n and H) is of the binarised images "
-                        "(each sub-pixel x >= 128), binary data, not comparable with the 256-level decoders' numbers")
+    if likelihood.eval_note:
+        warnings.append(likelihood.eval_note)
     # The first images of the split, read once for the rank-0 extras (the AAE's discriminator, sample quality).
     subset = (first_images(split_dir, options.quality_images)
               if rank == 0 and (cfg.model == "aae" or options.judge) else None)

@@ -18,9 +18,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from model.likelihood import (NUM_DIMS, active_units, bits_per_dim, decoder_nll, discretized_gaussian_nll,
-                              gaussian_nll, harmonic_metric, kl_diag_gaussian_per_dim, observed, psnr_db,
-                              to_model_range, to_uint8)
+from model.likelihoods import discretized_gaussian_nll, gaussian_nll
+from model.metrics import (NUM_DIMS, active_units, bits_per_dim, harmonic_metric, kl_diag_gaussian_per_dim, psnr_db,
+                           to_model_range, to_uint8)
 from model.vae import VAE
 
 SumReducer = Callable[[torch.Tensor], torch.Tensor]
@@ -98,6 +98,7 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
         seed = generator.initial_seed() if generator is not None else 0
     device = next(vae.parameters()).device
     latent = vae.cfg.latent_dim
+    likelihood = vae.decoder.likelihood
     draws = max(samples, iw_samples)
     names = totals_names(iw_samples, reconstructions, fixed_logvar)
     totals = torch.zeros(len(names), dtype=torch.float64, device=device)
@@ -106,7 +107,7 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
     mu_outer = torch.zeros(latent, latent, dtype=torch.float64, device=device)  # second moments: covariance
     histograms = torch.zeros(2, RESIDUAL_BINS, dtype=torch.float64, device=device) if residuals else None
     for batch in batches:
-        images = observed(vae.cfg, batch.images.to(device))  # binarised for a Bernoulli decoder
+        images = likelihood.observed(batch.images.to(device))  # binarised for a Bernoulli decoder
         weight = batch.mask.to(device, torch.float64)
         x = to_model_range(images)
         mu, logvar = vae.encode(x)
@@ -119,7 +120,7 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
         for j in range(draws):  # one decoder pass per draw keeps memory at one batch
             z = mu + std * eps[j]
             x_mean, x_params = vae.decode(z)
-            nll = decoder_nll(vae.cfg, images, x_mean, x_params)
+            nll = likelihood.nll(images, x_mean, x_params)
             discretized = nll.discretized.double()
             if j < samples:
                 per_image["gaussian_nll"] += nll.train.double() / samples

@@ -8,7 +8,7 @@ Shapes for the default 64x64 input and 3 stages (channels c0, c1, c2; r = 64 / 2
              -> {UpBlock, blocks} x3 -> c0@64 -> GN,SiLU,conv -> mean (and log-variance) [B,3,64,64]
 
 No global average pooling: the Linear layers see every position (seed's advice). Inputs are floats
-in the model range [-1, 1] (see likelihood.to_model_range); the decoder mean is unbounded (the
+in the model range [-1, 1] (see metrics.to_model_range); the decoder mean is unbounded (the
 discretized likelihood's open edge bins take care of values outside [-1, 1]).
 """
 
@@ -23,8 +23,8 @@ import torch.nn as nn
 
 from .blocks import DownBlock, ResNeXtBottleneck, UpBlock
 from .layers import num_groups
-from .likelihood import (LEVELS, LIKELIHOODS, bernoulli_mean, categorical_mean, logistic_mixture_mean, mixture_channels,
-                         to_model_range)
+from .likelihoods import create as create_likelihood, get as get_likelihood
+from .metrics import to_model_range
 
 MODELS = ("vae", "ae", "aae")
 
@@ -41,23 +41,8 @@ class VAEConfig:
     # smallest multiple of 8 (at least 16) with r*r*Cb >= 2*latent_dim, so the Linear never has
     # fewer inputs than the (mu, logvar) it must produce.
     bottleneck_channels: int | None = None
-    # Decoder likelihood (model.likelihood.decoder_nll scores every one):
-    #   "gaussian_fixed"    isotropic Gaussian, sigma fixed at exp(fixed_logvar / 2) (i.e. MSE);
-    #   "gaussian_learned"  per-pixel learned log-variance, clamped to logvar_range;
-    #   "gaussian_shared"   one shared sigma (sigma-VAE, Rybkin et al. 2021): in a training-mode forward sigma^2
-    #                       is the batch's closed-form optimum, the mean squared error; a running average of
-    #                       it (buffer decoder.shared_logvar, saved with the weights) is the one global sigma
-    #                       that decode() and every evaluation use;
-    #   "gaussian_rgb"      trained exactly as gaussian_shared, but its distribution has one shared 3x3 covariance
-    #                       of each pixel's (R, G, B) instead of one sigma: the batch's residual covariance in
-    #                       training, a running average (decoder.shared_cov) elsewhere; a decoder's RGB errors are
-    #                       strongly correlated (brightness), which one sigma per sub-pixel pays for three times.
-    #                       The mean image is the decoder output; the discretized NLL is
-    #                       model.likelihood.rgb_conditionals' chain of 1-D Gaussians;
-    #   "logistic_mixture"  discretized mixture of num_mixtures logistics with coupled channel means
-    #                       (PixelCNN++'s output layer); its mean image is the mixture mean;
-    #   "categorical"       256-way softmax per sub-pixel (3*256 output channels); mean image = expected level;
-    #   "bernoulli"         one Bernoulli per sub-pixel of the binarised image (x >= 128); mean image = P(white).
+    # Decoder likelihood: a name in model.likelihoods.LIKELIHOODS (gaussian_fixed, gaussian_learned,
+    # gaussian_shared, gaussian_rgb, logistic_mixture, categorical, bernoulli), each documented in its class.
     likelihood: str = "gaussian_learned"
     # "vae"; "ae": the deterministic autoencoder of seeds 001-003 (a point latent z = mu, reconstruction loss
     # only; no posterior variance, so no KL, ELBO or harmonic metric, and prior samples mean nothing); "aae": the
@@ -108,8 +93,7 @@ class VAEConfig:
             raise ValueError(f"channels {self.channels} and depths {self.depths} need equal, nonzero length")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        get_likelihood(self.likelihood).check(self)
         if self.image_size % (2 ** len(self.channels)) != 0:
             raise ValueError(f"image_size {self.image_size} not divisible by 2**{len(self.channels)}")
         if self.last_upsample not in UpBlock.MODES:
@@ -118,8 +102,6 @@ class VAEConfig:
             raise ValueError(f"decoder_norm must be 'group' or 'none', got {self.decoder_norm!r}")
         if self.head_kernel_size not in (1, 3):
             raise ValueError(f"head_kernel_size must be 1 or 3, got {self.head_kernel_size}")
-        if self.likelihood == "logistic_mixture" and self.num_mixtures < 1:
-            raise ValueError(f"num_mixtures must be >= 1, got {self.num_mixtures}")
         if not 0.0 <= self.shared_sigma_decay < 1.0:
             raise ValueError(f"shared_sigma_decay must be in [0, 1), got {self.shared_sigma_decay}")
         if not self.logvar_range[0] < self.logvar_range[1]:
@@ -144,14 +126,6 @@ class VAEConfig:
     @property
     def latent_resolution(self) -> int:
         return self.image_size // 2 ** len(self.channels)
-
-    @property
-    def out_channels(self) -> int:
-        if self.likelihood == "logistic_mixture":
-            return mixture_channels(self.num_mixtures, self.in_channels)
-        if self.likelihood == "categorical":
-            return self.in_channels * LEVELS
-        return self.in_channels * (2 if self.likelihood == "gaussian_learned" else 1)
 
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> "VAEConfig":
@@ -192,13 +166,13 @@ class VAEOutput(NamedTuple):
     z: torch.Tensor  # [B, latent] sample (or mu when sample_posterior=False)
     x_mean: torch.Tensor  # [B, 3, H, W] decoder mean, model units
     # The decoder's distribution parameters (see x_params): [B, 3, H, W] learned log-variance, a 0-dim
-    # log-variance (fixed or shared sigma), the [3, 3] shared RGB covariance, or the [B, 10K, H, W]
-    # logistic-mixture parameters.
+    # log-variance (fixed or shared sigma), the [3, 3] shared RGB covariance, the [B, 10K, H, W]
+    # logistic-mixture parameters, the categorical's or the Bernoulli's logits.
     x_logvar: torch.Tensor
 
     @property
     def x_params(self) -> torch.Tensor:
-        """What model.likelihood.decoder_nll takes beside x_mean (the same tensor as x_logvar)."""
+        """What the decoder's likelihood scores beside x_mean (the same tensor as x_logvar)."""
         return self.x_logvar
 
 
@@ -253,9 +227,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z [B, latent_dim] -> (x_mean, x_params). x_params: [B, C, H, W] log-variance (learned head, clamped),
-    a 0-dim log-variance (cfg.fixed_logvar, or the buffer shared_logvar of the shared-sigma head), or the
-    [B, 10K, H, W] logistic-mixture parameters, whose mean image is x_mean."""
+    """z [B, latent_dim] -> (x_mean, x_params), as its likelihood (`self.likelihood`, one of model.likelihoods)
+    splits the output conv. The likelihood's running statistics are this module's buffers (decoder.shared_cov)."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -277,26 +250,11 @@ class Decoder(nn.Module):
         c0 = cfg.channels[0]
         self.norm_out = nn.GroupNorm(num_groups(c0), c0, eps=1e-6) if norm else nn.Identity()
         self.act = nn.SiLU()
-        self.conv_out = nn.Conv2d(c0, cfg.out_channels, cfg.head_kernel_size, padding=cfg.head_kernel_size // 2)
-        if cfg.likelihood == "gaussian_shared":
-            self.register_buffer("shared_logvar", torch.tensor(float(cfg.fixed_logvar)))
-        if cfg.likelihood == "gaussian_rgb":
-            self.register_buffer("shared_cov", torch.eye(3) * math.exp(cfg.fixed_logvar))
-        if cfg.likelihood in ("gaussian_shared", "gaussian_rgb"):
-            self.register_buffer("shared_updates", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def update_shared_sigma(self, batch_params: torch.Tensor) -> None:
-        """Fold one batch's optimum into the running average: log sigma^2 into shared_logvar (an average of
-        sigma^2), or the RGB covariance into shared_cov."""
-        n = float(self.shared_updates)
-        weight = 1.0 - min(self.cfg.shared_sigma_decay, (1.0 + n) / (10.0 + n))
-        if self.cfg.likelihood == "gaussian_rgb":
-            self.shared_cov.lerp_(batch_params.detach().float(), weight)
-        else:
-            var = torch.lerp(self.shared_logvar.exp(), batch_params.detach().float().exp(), weight)
-            self.shared_logvar.copy_(var.log().clamp(*self.cfg.logvar_range))
-        self.shared_updates += 1
+        self.likelihood = create_likelihood(cfg)
+        self.conv_out = nn.Conv2d(c0, self.likelihood.out_channels, cfg.head_kernel_size,
+                                  padding=cfg.head_kernel_size // 2)
+        for name, value in self.likelihood.running_stats().items():
+            self.register_buffer(name, value)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
@@ -306,20 +264,7 @@ class Decoder(nn.Module):
         for stage in self.stages:
             h = stage(h)
         out = _outside_autocast(self.conv_out, self.act(self.norm_out(h)))
-        if cfg.likelihood == "gaussian_learned":
-            mean, logvar = out.chunk(2, dim=1)
-            return mean, logvar.clamp(*cfg.logvar_range)
-        if cfg.likelihood == "logistic_mixture":
-            return logistic_mixture_mean(out), out
-        if cfg.likelihood == "categorical":
-            return categorical_mean(out), out
-        if cfg.likelihood == "bernoulli":
-            return bernoulli_mean(out), out
-        if cfg.likelihood == "gaussian_shared":
-            return out, self.shared_logvar.clone()
-        if cfg.likelihood == "gaussian_rgb":
-            return out, self.shared_cov.clone()
-        return out, torch.full((), cfg.fixed_logvar, device=out.device, dtype=out.dtype)
+        return self.likelihood.head(out, self)
 
 
 class LatentDiscriminator(nn.Module):
@@ -369,19 +314,8 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, generator) if sample_posterior and logvar is not None else mu
         x_mean, x_params = self.decode(z)
-        if self.cfg.likelihood == "gaussian_shared" and self.training:
-            # sigma-VAE: the batch's closed-form optimal sigma^2 = MSE over every sub-pixel of the batch.
-            # Detached: at the optimum d(loss)/d(sigma) = 0, so the gradient to the mean is the same either way.
-            mse = (x.detach().float() - x_mean.detach().float()).square().mean()
-            x_params = mse.log().clamp(*self.cfg.logvar_range)
-            self.decoder.update_shared_sigma(x_params)
-        if self.cfg.likelihood == "gaussian_rgb" and self.training:
-            # The same closed form for a shared covariance: the batch's mean outer product of RGB residuals, its
-            # diagonal floored at the log-variance clamp's low end so the Cholesky factor stays finite.
-            residual = (x.detach().float() - x_mean.detach().float()).transpose(0, 1).flatten(1)
-            floor = math.exp(self.cfg.logvar_range[0]) * torch.eye(3, device=residual.device)
-            x_params = residual @ residual.T / residual.shape[1] + floor
-            self.decoder.update_shared_sigma(x_params)
+        if self.training:  # e.g. sigma-VAE: the batch's closed-form optimal sigma, folded into the running one
+            x_params = self.decoder.likelihood.batch_params(x, x_mean, x_params, self.decoder)
         return VAEOutput(mu, logvar, z, x_mean, x_params)
 
     @torch.no_grad()

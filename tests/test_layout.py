@@ -14,8 +14,9 @@ TOP_LEVEL = {"demo": "demo", "report": "demo", "bonus_1": "demo", "quality": "de
 def _modules() -> dict[str, Path]:
     found = {name: REPO / f"{name}.py" for name in TOP_LEVEL if (REPO / f"{name}.py").is_file()}
     for stage in [*STAGES[:-1], *(name for name in TOP_LEVEL if (REPO / name).is_dir())]:
-        for path in sorted((REPO / stage).glob("*.py")):
-            found[stage if path.stem == "__init__" else f"{stage}.{path.stem}"] = path
+        for path in sorted((REPO / stage).rglob("*.py")):  # subpackages too (model.likelihoods)
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
 

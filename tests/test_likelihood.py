@@ -6,21 +6,25 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from model.likelihood import (
+from model.likelihoods import create, discretized_gaussian_nll, discretized_gaussian_nll_per_pixel, gaussian_nll
+from model.metrics import (
     NUM_DIMS,
     active_units,
     bits_per_dim,
-    discretized_gaussian_nll,
-    discretized_gaussian_nll_per_pixel,
-    gaussian_nll,
     harmonic_metric,
     kl_diag_gaussian,
     kl_diag_gaussian_per_dim,
     to_model_range,
     to_uint8,
 )
+from model.vae import VAEConfig
 
 ALL_BINS = torch.arange(256, dtype=torch.uint8)
+
+
+def _likelihood(name: str):
+    """The decoder family `name`, built for a default config."""
+    return create(VAEConfig(likelihood=name))
 
 
 
@@ -232,9 +236,9 @@ def test_active_units():
 
 import numpy as np  # noqa: E402
 
-from model.likelihood import (  # noqa: E402
+from model.likelihoods import (  # noqa: E402
     LIKELIHOODS,
-    decoder_nll,
+    get,
     discretized_logistic_mixture_nll,
     discretized_logistic_mixture_nll_per_pixel,
     logistic_mixture_mean,
@@ -392,35 +396,35 @@ def test_decoder_nll_gaussians_unchanged_and_mixture_is_discretized():
     mean = torch.randn(2, 3, 8, 8, generator=g) * 0.5
     logvar = torch.randn(2, 3, 8, 8, generator=g) - 4
     for name, lv in [("gaussian_learned", logvar), ("gaussian_fixed", torch.tensor(-4.6)), ("gaussian_shared", torch.tensor(-5.0))]:
-        terms = decoder_nll(name, x8, mean, lv)
+        terms = _likelihood(name).nll(x8, mean, lv)
         torch.testing.assert_close(terms.train, gaussian_nll(to_model_range(x8), mean, lv))
         torch.testing.assert_close(terms.discretized, discretized_gaussian_nll(x8, mean, lv))
     raw = _mixture_params(5, 8, 8, b=2)
-    terms = decoder_nll("logistic_mixture", x8, logistic_mixture_mean(raw), raw)
+    terms = _likelihood("logistic_mixture").nll(x8, logistic_mixture_mean(raw), raw)
     torch.testing.assert_close(terms.train, discretized_logistic_mixture_nll(x8, raw))
     assert torch.equal(terms.train, terms.discretized)
     assert set(LIKELIHOODS) == {"gaussian_fixed", "gaussian_learned", "gaussian_shared", "gaussian_rgb", "logistic_mixture",
                                 "categorical", "bernoulli"}
     with pytest.raises(ValueError):
-        decoder_nll("poisson", x8, mean, logvar)
+        get("poisson")
     with pytest.raises(TypeError):
-        decoder_nll("logistic_mixture", x8.float(), mean, raw)
+        _likelihood("logistic_mixture").nll(x8.float(), mean, raw)
 
 
 def test_decoder_std_per_likelihood():
-    from model.likelihood import decoder_std, mixture_channels
+    from model.likelihoods import mixture_channels
 
     logvar = torch.full((2, 3, 4, 4), math.log(0.25))
-    assert torch.allclose(decoder_std("gaussian_learned", logvar, 2), torch.full((2,), 0.5))
-    assert torch.allclose(decoder_std("gaussian_fixed", torch.tensor(math.log(0.04)), 3), torch.full((3,), 0.2))
+    assert torch.allclose(_likelihood("gaussian_learned").std(logvar, 2), torch.full((2,), 0.5))
+    assert torch.allclose(_likelihood("gaussian_fixed").std(torch.tensor(math.log(0.04)), 3), torch.full((3,), 0.2))
     # One component with log-scale log(s) everywhere: a logistic's standard deviation is s pi / sqrt(3).
     params = torch.zeros(2, mixture_channels(1), 4, 4)
     params[:, 4:7] = math.log(0.1)  # the log-scales of R, G, B (after the logit and the 3 means)
-    assert torch.allclose(decoder_std("logistic_mixture", params, 2), torch.full((2,), 0.1 * math.pi / math.sqrt(3)))
+    assert torch.allclose(_likelihood("logistic_mixture").std(params, 2), torch.full((2,), 0.1 * math.pi / math.sqrt(3)))
 
 
 def test_categorical_masses_sum_to_one_and_match_cross_entropy():
-    from model.likelihood import categorical_mean, categorical_nll
+    from model.likelihoods import categorical_mean, categorical_nll
 
     torch.manual_seed(0)
     one = torch.randn(1, 256, 1, 1) * 3  # one sub-pixel's 256 logits
@@ -437,7 +441,7 @@ def test_categorical_masses_sum_to_one_and_match_cross_entropy():
 
 
 def test_bernoulli_on_binarised_pixels():
-    from model.likelihood import bernoulli_mean, bernoulli_nll, binarize
+    from model.likelihoods import bernoulli_mean, bernoulli_nll, binarize
 
     x = torch.tensor([[[[0, 127], [128, 255]]]], dtype=torch.uint8).expand(1, 3, 2, 2)
     assert binarize(x)[0, 0].tolist() == [[0, 0], [255, 255]]
@@ -453,14 +457,12 @@ def test_bernoulli_on_binarised_pixels():
 
 @pytest.mark.parametrize("name", ["categorical", "bernoulli"])
 def test_discrete_decoders_have_finite_gradients_at_extreme_logits(name):
-    from model.likelihood import decoder_nll
-
     channels = 3 * 256 if name == "categorical" else 3
     params = torch.full((2, channels, 2, 2), 1e4).requires_grad_(True)
     with torch.no_grad():
         params[:, ::2] = -1e4
     x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 2, 2)
-    nll = decoder_nll(name, x, torch.zeros(2, 3, 2, 2), params)
+    nll = _likelihood(name).nll(x, torch.zeros(2, 3, 2, 2), params)
     nll.train.sum().backward()
     assert torch.isfinite(nll.train).all() and torch.isfinite(params.grad).all() and (nll.discretized >= 0).all()
 
@@ -487,14 +489,14 @@ def _rgb_mass_independent(x8: torch.Tensor, mean: torch.Tensor, cov: torch.Tenso
 
 
 def test_rgb_covariance_nll_matches_an_independent_computation_and_the_multivariate_normal():
-    from model.likelihood import decoder_nll, rgb_cholesky, rgb_conditionals
+    from model.likelihoods import rgb_cholesky, rgb_conditionals
 
     torch.testing.assert_close(rgb_cholesky(RGB_COV) @ rgb_cholesky(RGB_COV).T, RGB_COV)
     generator = torch.Generator().manual_seed(0)
     x8 = torch.randint(0, 256, (2, 3, 4, 4), generator=generator, dtype=torch.uint8)
     x8[0, :, 0, 0] = torch.tensor([0, 255, 0], dtype=torch.uint8)  # open edge bins in every channel position
     mean = to_model_range(x8) + 0.1 * torch.randn(2, 3, 4, 4, generator=generator)
-    terms = decoder_nll("gaussian_rgb", x8, mean, RGB_COV)
+    terms = _likelihood("gaussian_rgb").nll(x8, mean, RGB_COV)
     independent = -_rgb_mass_independent(x8.permute(0, 2, 3, 1), mean.permute(0, 2, 3, 1), RGB_COV).log()
     torch.testing.assert_close(terms.discretized.double(), independent.view(2, 16).sum(1), rtol=1e-5, atol=1e-3)
     # the chain is the multivariate normal's density, factorised
@@ -507,7 +509,7 @@ def test_rgb_covariance_nll_matches_an_independent_computation_and_the_multivari
 
 
 def test_rgb_covariance_masses_sum_to_one_over_all_rgb_triples():
-    from model.likelihood import discretized_gaussian_nll_per_pixel, rgb_conditionals
+    from model.likelihoods import rgb_conditionals
 
     cov = RGB_COV * 4  # about 33 grey levels: most of the mass inside the range, the edge bins open
     mean = torch.tensor([0.9, -0.2, 0.4]).view(1, 3, 1, 1).expand(1, 3, 256, 256)
@@ -522,11 +524,82 @@ def test_rgb_covariance_masses_sum_to_one_over_all_rgb_triples():
 
 
 def test_rgb_covariance_with_uncorrelated_channels_is_three_independent_gaussians():
-    from model.likelihood import decoder_nll
-
     variances = torch.tensor([0.01, 0.02, 0.03])
     x8 = torch.randint(0, 256, (2, 3, 4, 4), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     mean = to_model_range(x8) + 0.05
-    rgb = decoder_nll("gaussian_rgb", x8, mean, torch.diag(variances))
+    rgb = _likelihood("gaussian_rgb").nll(x8, mean, torch.diag(variances))
     per_channel = variances.log().view(1, 3, 1, 1)
     torch.testing.assert_close(rgb.discretized, discretized_gaussian_nll(x8, mean, per_channel))
+
+
+# ----------------------------------------------------------------------------- the compiled training step
+
+TINY_NET = dict(channels=(8, 16, 32), depths=(0, 0, 0), mid_depth=0, latent_dim=16, num_mixtures=2)
+
+
+@pytest.mark.parametrize("name", list(LIKELIHOODS))
+def test_the_training_objective_compiles_in_one_graph_and_steps_as_eager(name):
+    """fullgraph=True fails on any graph break (a float() or .item() of the running sigma would be one); two
+    steps compiled give the eager steps' loss, statistics, gradients and running buffers. aot_eager runs the
+    graph capture and the functionalisation of the buffer updates that inductor gets, without its code generation
+    (minutes per network on a CPU; the next test runs inductor on the likelihood's own step)."""
+    import copy
+
+    from model import VAE
+    from train.objective import VAEObjective
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(likelihood=name, **TINY_NET))
+    eager = copy.deepcopy(vae)
+    compiled = torch.compile(VAEObjective(vae), fullgraph=True, backend="aot_eager")
+    images = torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    for step in range(2):
+        results = []
+        for model, objective in ((vae, compiled), (eager, VAEObjective(eager))):
+            model.zero_grad()
+            torch.manual_seed(step)  # the same posterior draw
+            loss, stats, _ = objective(images, torch.tensor(0.5))
+            loss.backward()
+            results.append((stats, [p.grad for p in model.parameters()], [b.clone() for b in model.buffers()]))
+        (stats, grads, buffers), (eager_stats, eager_grads, eager_buffers) = results
+        torch.testing.assert_close(stats, eager_stats, rtol=1e-4, atol=1e-4)
+        for grad, eager_grad in zip(grads, eager_grads):
+            torch.testing.assert_close(grad, eager_grad, rtol=1e-2, atol=1e-3)  # summation order differs
+        for buffer, eager_buffer in zip(buffers, eager_buffers):
+            torch.testing.assert_close(buffer, eager_buffer)
+    if name in ("gaussian_shared", "gaussian_rgb"):
+        assert int(vae.decoder.shared_updates) == 2
+
+
+def test_inductor_compiles_the_running_covariance_update_and_the_nll():
+    """The shared-covariance step (closed-form batch covariance, its in-place running average, the training and
+    evaluation NLL, the std) as inductor code, twice: the same values, gradient and buffers as eager."""
+    import copy
+
+    from model import VAE
+
+    torch._dynamo.reset()
+    decoder = VAE(VAEConfig(likelihood="gaussian_rgb", **TINY_NET)).decoder
+    eager_decoder = copy.deepcopy(decoder)
+    likelihood = decoder.likelihood
+
+    def step(x8, x_mean, owner):
+        cov = likelihood.batch_params(to_model_range(x8), x_mean, owner.shared_cov, owner)
+        nll = likelihood.nll(x8, x_mean, cov)
+        return nll.train.sum(), nll.discretized, likelihood.std(cov, len(x8))
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor")
+    generator = torch.Generator().manual_seed(2)
+    x8 = torch.randint(0, 256, (2, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    for _ in range(2):
+        mean = to_model_range(x8) + 0.1 * torch.randn(2, 3, 8, 8, generator=generator)
+        results = []
+        for owner, run in ((decoder, compiled), (eager_decoder, step)):
+            x_mean = mean.clone().requires_grad_(True)
+            train, discretized, std = run(x8, x_mean, owner)
+            train.backward()
+            results.append((train, discretized, std, x_mean.grad, owner.shared_cov.clone()))
+        for got, expected in zip(*results):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert int(decoder.shared_updates) == 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (LIKELIHOODS, PRESETS, VAE, VAEConfig, create_vae, decoder_nll, gaussian_nll, kl_diag_gaussian,
+from model import (LIKELIHOODS, PRESETS, VAE, VAEConfig, create_vae, gaussian_nll, kl_diag_gaussian,
                    logistic_mixture_mean, to_model_range, to_uint8)
 from model.blocks import (
     DownBlock,
@@ -19,6 +19,7 @@ from model.blocks import (
     space_to_channel_shortcut,
 )
 from model.layers import ConvNormAct, LayerScale, SqueezeExcite, num_groups
+from model.likelihoods import GaussianShared
 
 
 
@@ -220,7 +221,7 @@ def test_forward_backward(likelihood):
     out = vae(x)
     assert out.z.shape == out.mu.shape == out.logvar.shape == (3, 64)
     assert out.x_mean.shape == (3, 3, 64, 64)
-    nll = decoder_nll(vae.cfg, x8, out.x_mean, out.x_params)
+    nll = vae.decoder.likelihood.nll(x8, out.x_mean, out.x_params)
     assert nll.train.shape == nll.discretized.shape == (3,) and (nll.discretized >= 0).all()
     loss = (nll.train + kl_diag_gaussian(out.mu, out.logvar)).mean()
     loss.backward()
@@ -283,13 +284,14 @@ def test_rgb_covariance_is_the_batch_residual_covariance_in_training_and_the_run
     torch.testing.assert_close(out.x_params, residual @ residual.T / residual.shape[1] + floor)
     # the batch covariance is the optimum of the batch's Gaussian NLL over shared covariances (up to the floor)
     x8 = to_uint8(x)
-    best = decoder_nll(cfg, x8, out.x_mean.detach(), out.x_params).discretized.sum()
+    rgb = vae.decoder.likelihood
+    best = rgb.nll(x8, out.x_mean.detach(), out.x_params).discretized.sum()
     for scale in (0.9, 1.1):
-        assert best < decoder_nll(cfg, x8, out.x_mean.detach(), out.x_params * scale).discretized.sum()
+        assert best < rgb.nll(x8, out.x_mean.detach(), out.x_params * scale).discretized.sum()
     # and the training loss is the shared-sigma head's: sigma^2 = the batch MSE (plus the floor)
-    shared = decoder_nll("gaussian_shared", x8, out.x_mean, ((to_model_range(x8) - out.x_mean).square().mean()
-                                                              + floor[0, 0]).log())
-    torch.testing.assert_close(decoder_nll(cfg, x8, out.x_mean, out.x_params).train, shared.train, rtol=2e-3, atol=0.5)
+    shared = GaussianShared(cfg).nll(x8, out.x_mean, ((to_model_range(x8) - out.x_mean).square().mean()
+                                                      + floor[0, 0]).log())
+    torch.testing.assert_close(rgb.nll(x8, out.x_mean, out.x_params).train, shared.train, rtol=2e-3, atol=0.5)
     for _ in range(30):
         vae(x)
     running = vae.decoder.shared_cov.clone()
@@ -381,7 +383,7 @@ def test_cpu_preset_is_the_cheap_decoder_with_the_rgb_covariance_and_overrides_s
     assert vae.cfg.likelihood == "gaussian_rgb" and vae.cfg.decoder_norm == "none" and vae.cfg.latent_dim == 256
     assert vae.decoder.stages[-1][0].mode == "pixel_shuffle" and len(vae.decoder.stages[-1][1]) == 0
     mixture = create_vae("cpu", likelihood="logistic_mixture")
-    assert mixture.cfg.num_mixtures == 3 and mixture.cfg.out_channels == 3 * 10  # K (1 + 3 + 3 + 3) parameters
+    assert mixture.cfg.num_mixtures == 3 and mixture.decoder.conv_out.out_channels == 3 * 10  # K (1 + 3 + 3 + 3) parameters
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

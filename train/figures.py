@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from common.plots import save_diagnostics, save_grid, save_loss_curves
-from model import VAE, observed, to_model_range, to_uint8
+from model import VAE, to_model_range, to_uint8
 
 TEMPERATURES = (0.2, 0.5, 1.0, 1.5)  # prior sample rows
 
@@ -18,7 +18,7 @@ def write_figures(folder: Path, vae: VAE, images: torch.Tensor, epoch: int, step
     tag = f"epoch{epoch:03d}"
     save_loss_curves(folder / "loss_curves.png", steps_log, epochs_log)
     save_diagnostics(folder / "diagnostics.png", steps_log, epochs_log, point_latent=vae.cfg.point_latent)
-    images = observed(vae.cfg, images)  # what the decoder models (binarised for a Bernoulli decoder)
+    images = vae.decoder.likelihood.observed(images)  # what the decoder models (binarised for a Bernoulli decoder)
     mu, _ = vae.encode(to_model_range(images[:8]))
     recon = to_uint8(vae.decode(mu)[0])
     save_grid(folder / f"reconstructions_{tag}.png", torch.cat([images[:8], recon]), rows=2,

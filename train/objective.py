@@ -11,11 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import VAE, decoder_nll, decoder_std, kl_diag_gaussian, observed, to_model_range
+from model import VAE, kl_diag_gaussian, to_model_range
 
 # "gaussian_nll" is the reconstruction term the loss differentiates: the continuous Gaussian NLL for the
 # Gaussian decoders, the discretized NLL itself for the logistic mixture (whose density is a probability).
-# Two diagnostics: the decoder's standard deviation in grey levels (model.decoder_std) and the posterior's,
+# Two diagnostics: the decoder's standard deviation in grey levels (its likelihood's `std`) and the posterior's,
 # the mean over latent components of q(z|x)'s sigma (latent units; 1 is the prior's).
 # The adversarial autoencoder's three (zero for the other models), from its regularisation phase: the generator
 # loss (the encoder fooling the discriminator), the discriminator's loss and its accuracy on prior draws against
@@ -40,10 +40,11 @@ class VAEObjective(nn.Module):
         adversarial autoencoder this is its reconstruction phase; `AdversarialPhases` does the rest with the
         (detached) codes and fills in the last three stats.
         """
-        images = observed(self.vae.cfg, images)  # binarised for a Bernoulli decoder
+        likelihood = self.vae.decoder.likelihood
+        images = likelihood.observed(images)  # binarised for a Bernoulli decoder
         x = to_model_range(images)
         out = self.vae(x)
-        nll = decoder_nll(self.vae.cfg, images, out.x_mean, out.x_params)
+        nll = likelihood.nll(images, out.x_mean, out.x_params)
         if out.logvar is None:  # the deterministic and adversarial autoencoders: reconstruction only
             kl, posterior_std = torch.zeros_like(nll.train), torch.zeros((), device=images.device)
         else:
@@ -53,8 +54,7 @@ class VAEObjective(nn.Module):
             loss = loss + self.perceptual_weight * self.perceptual(out.x_mean.float(), x)
         loss = loss.mean()
         stats = torch.cat([torch.stack([loss, nll.train.mean(), nll.discretized.mean(), kl.mean(),
-                                        GREY_LEVELS_PER_UNIT * decoder_std(self.vae.cfg, out.x_params,
-                                                                           len(images)).mean(),
+                                        GREY_LEVELS_PER_UNIT * likelihood.std(out.x_params, len(images)).mean(),
                                         posterior_std]), torch.zeros(3, device=images.device)]).detach()
         return loss, stats, out.mu.detach()
 
@@ -102,7 +102,7 @@ class AdversarialPhases:
         accuracy = ((real > 0).float().mean() + (fake < 0).float().mean()) / 2
         self._update(critic_loss, self.critic_params, self.critic_optimizer, reduce)
 
-        mu, _ = self.vae.encoder(to_model_range(observed(self.vae.cfg, images)))
+        mu, _ = self.vae.encoder(to_model_range(self.vae.decoder.likelihood.observed(images)))
         frozen = {name: value.detach() for name, value in critic.named_parameters()}
         fooled = torch.func.functional_call(critic, frozen, (mu,))
         generator_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
