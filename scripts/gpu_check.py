@@ -117,6 +117,8 @@ def training_figures(metrics: Path, batch_size: int) -> dict:
     beyond that rate."""
     windows = [json.loads(line) for line in metrics.read_text().splitlines()]
     windows = [w for w in windows if w["kind"] == "step"]
+    if not windows:  # fewer steps than one log window
+        return {"img_per_s": None, "data_wait_share": None, "compile_s_estimate": None, "log_windows": 0}
     steps = [b["step"] - a["step"] for a, b in zip([{"step": 0}] + windows, windows)]
     seconds = [n * batch_size / w["images_per_s"] for n, w in zip(steps, windows)]
     steady = list(zip(steps[1:], seconds[1:], windows[1:])) or list(zip(steps, seconds, windows))
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"train split of {result['train_images']:,} images: the synthetic train shards repeated")
     since = step_done("data", started)
     console.rule("loaders")
-    result["loaders"] = time_loaders(builds, LOADER_BATCH, device)
+    synthetic_train = json.loads((builds["raw"] / "dataset.json").read_text())["counts"]["train"]
+    result["loaders"] = time_loaders(builds, min(LOADER_BATCH, synthetic_train), device)
     since = step_done("loaders", since)
 
     console.rule("train: one epoch")
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
                **training_figures(run / "metrics.jsonl", batch_size)}
     # The whole epoch as run (compilation, validation, figures, checkpoints included), and at the steady rate.
-    result |= {"epoch_s": summary["train_seconds"], "epoch_s_steady": result["train_images"] / result["img_per_s"]}
+    result |= {"epoch_s": summary["train_seconds"],
+               "epoch_s_steady": result["train_images"] / result["img_per_s"] if result["img_per_s"] else None}
     since = step_done("train", since)
 
     console.rule("eval and bonus_1")
