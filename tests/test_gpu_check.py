@@ -45,7 +45,7 @@ def test_gpu_check_shrunk_to_the_cpu(tmp_path):
     assert skipped[("resident", "raw")] == "" and report["loaders"][0]["img_per_s"] > 0
     assert all("webdataset is not installed" in skipped[("webdataset", e)] for e in ("raw", "jpg"))
     assert all("nvidia.dali is not installed" in skipped[("dali", e)] for e in ("raw", "jpg"))
-    assert report["log_windows"] == 2 and report["compile_s_estimate"] is not None  # 120 steps, a window per 50
+    assert report["log_windows"] >= 2 and report["compile_s_estimate"] is not None  # >= 120 steps, a window per 50
     for key in ("img_per_s", "epoch_s", "data_wait_share", "test_bpd", "test_psnr", "mean_face_psnr_t0.2"):
         assert report[key] == report[key] and report[key] is not None, key  # present and not NaN
     files = sorted(path.name for path in out.iterdir())
