@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
     args.out.mkdir(parents=True, exist_ok=True)
     gpus = listed_gpus()
-    result: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor()})",
+    result: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()})",
                     "cpus": os.cpu_count(), "driver": gpus[0].driver if gpus else None, "torch": torch.__version__,
                     "torch_cuda": torch.version.cuda, "preset": args.preset, "steps_s": {}}
     started = time.perf_counter()
