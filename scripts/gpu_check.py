@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(found[-1], args.out / found[-1].name)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
     console.print(json.dumps({k: v for k, v in result.items() if k != "loaders"}, indent=1))
-    console.print(f"[green]wrote[/green] {args.out / 'gpu_check.json'} and the figures ({math.ceil(result['total_s'])} s)")
+    console.print(f"[green]wrote[/green] {args.out / 'gpu_check.json'} and the figures "
+                  f"({math.ceil(result['total_s'])} s)")
     return 0
 
 

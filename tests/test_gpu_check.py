@@ -35,8 +35,8 @@ def test_gpu_check_shrunk_to_the_cpu(tmp_path):
     wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -c '{WITHOUT_WDS_AND_DALI}' \"$@\"\n")
     wrapper.chmod(0o755)
     env = {**os.environ, "PYTHON": str(wrapper), "OUT": str(out), "PYTHONPATH": ""}
-    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--cpu", "--images", "480",
-                             "--synthetic-images", "300", "--preset", "tiny", "--batch-size", "4"], env=env, capture_output=True,
+    shrunk = ["--cpu", "--images", "480", "--synthetic-images", "300", "--preset", "tiny", "--batch-size", "4"]
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), *shrunk], env=env, capture_output=True,
                             text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
