@@ -146,7 +146,7 @@ class Run:
 def setup(cfg: TrainConfig) -> Run:
     if cfg.minutes and cfg.warmup_steps < 3:
         raise SystemExit("--minutes plans the step count during the LR warm-up: use --warmup-steps 3 or more")
-    on_cuda = torch.cuda.is_available()
+    on_cuda = torch.cuda.is_available() and not cfg.cpu
     precision = {"auto": "bf16" if on_cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.precision]
     accelerator = Accelerator(mixed_precision=precision, cpu=cfg.cpu)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
@@ -216,7 +216,7 @@ def setup(cfg: TrainConfig) -> Run:
 
 
 def compiles(cfg: TrainConfig) -> bool:
-    return cfg.compile == "on" or (cfg.compile == "auto" and torch.cuda.is_available())
+    return cfg.compile == "on" or (cfg.compile == "auto" and torch.cuda.is_available() and not cfg.cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
