@@ -23,8 +23,8 @@ from typing import Callable
 import torch
 from rich.console import Console
 
-from common.device import default_device
-from common.errors import UserError
+from common.device import default_device, require_usable_gpu
+from common.errors import UserError, report_user_error
 from report import ReportInputs, write_report
 
 console = Console()
@@ -71,7 +71,7 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> Plan:
     from train.bench import main as train_bench_main
     from train.run import main as train_main
 
-    gpu = default_device().type == "cuda"
+    gpu = default_device(args.cpu).type == "cuda"
     synthetic = root is None
     root = root or work / "synthetic" / "celeba"
     shards, run, ae_run, edits = work / "shards", work / "vae", work / "ae", work / "edits"
@@ -99,13 +99,14 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> Plan:
         budget, ae_budget = ["--epochs", epochs], ["--epochs", max(1, epochs // 4)]
     else:
         budget, ae_budget = ["--minutes", args.minutes], ["--minutes", args.minutes / 4]
-    logging = ["--log-every", 25, "--checkpoint-every", 1000]
+    cpu_flag = ["--cpu"] if args.cpu else []
+    logging = ["--log-every", 25, "--checkpoint-every", 1000, *cpu_flag]
     train_flags = ["--shards", shards, "--out", run, *budget, *logging]
     ae_flags = ["--shards", shards, "--out", ae_run, "--model", "ae", *ae_budget, *logging]
     eval_json, bonus_json = work / "eval" / "eval-test.json", work / "eval" / "bonus_1-test.json"
     ae_eval_json = work / "eval" / "ae" / "eval-test.json"
     quality_json = work / "quality.json"
-    edit_common = ["--vae", run, "--judge", judge, "--shards", shards]
+    edit_common = ["--vae", run, "--judge", judge, "--shards", shards, *cpu_flag]
     steps = [
         Step("data", lambda: (root / "list_eval_partition.txt").is_file() or not synthetic, make_data),
         Step("shards", lambda: (shards / DATASET_JSON).is_file(), make_shards),
@@ -124,18 +125,19 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> Plan:
              lambda: call(train_main, train_flags + resume_flags(run))),
         Step("guide classifier", lambda: (guide / "test_accuracy.json").is_file(),
              lambda: call(classifier_main, ["--shards", shards, "--out", guide, "--arch", "cnn", "--seed", 0,
-                                            "--epochs", classifier_epochs])),
+                                            "--epochs", classifier_epochs, *cpu_flag])),
         Step("judge classifier", lambda: (judge / "test_accuracy.json").is_file(),
              lambda: call(classifier_main, ["--shards", shards, "--out", judge, "--arch", "resnet", "--width", 24,
-                                            "--seed", 1, "--epochs", classifier_epochs])),
+                                            "--seed", 1, "--epochs", classifier_epochs, *cpu_flag])),
         Step("eval", eval_json.is_file,
              lambda: call(eval_main, ["--checkpoint", run, "--shards", shards / "test", "--out", eval_json.parent,
-                                      "--iw-samples", 16 if gpu else 4, "--judge", judge])),
+                                      "--iw-samples", 16 if gpu else 4, "--judge", judge, *cpu_flag])),
         Step("bonus_1", bonus_json.is_file,
-             lambda: call(bonus_main, ["--checkpoint", run, "--shards", shards / "test", "--out", bonus_json.parent])),
+             lambda: call(bonus_main, ["--checkpoint", run, "--shards", shards / "test", "--out", bonus_json.parent,
+                                       *cpu_flag])),
         Step("eval autoencoder", ae_eval_json.is_file,
              lambda: call(eval_main, ["--checkpoint", ae_run, "--shards", shards / "test", "--out", ae_eval_json.parent,
-                                      "--judge", judge])),
+                                      "--judge", judge, *cpu_flag])),
         Step("edit amplify", (edits / "amplify" / "amplify.json").is_file,
              lambda: call(edit_main, ["amplify", *edit_common, "--out", edits / "amplify"])),
         Step("edit guide", (edits / "guide" / "guide.json").is_file,
@@ -165,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="guide/judge classifier epochs (0: 4 on CPU, 10 on a GPU)")
     parser.add_argument("--sweep", type=Path, help="an existing `python -m eval.sweep` output folder to include in "
                                                    "the report (the demo does not run a sweep)")
+    parser.add_argument("--cpu", action="store_true", help="train, evaluate and edit on the CPU, also where nvidia-smi "
+                                                           "lists a GPU")
     args = parser.parse_args(argv)
+    try:
+        require_usable_gpu(allow_cpu=args.cpu)
+    except UserError as err:
+        return report_user_error(err)
     if args.sweep and not (args.sweep / "sweep.json").is_file():  # say so now, not after the whole chain
         parser.error(f"--sweep {args.sweep}: no sweep.json there (python -m eval.sweep --out DIR writes it)")
     root = Path(os.environ["CELEBA_ROOT"]) if os.environ.get("CELEBA_ROOT") else None

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from common.device import default_device
+from common.device import default_device, require_usable_gpu
 from common.errors import UserError, report_user_error
 from common.plots import save_kl_per_component
 from eval.core import CAVEAT, HARMONIC_FORMULA, EvalError, EvalOptions, evaluate
@@ -57,6 +57,7 @@ def start_runtime(cpu: bool) -> Runtime:
     from accelerate.utils import parse_flag_from_env
 
     cpu = cpu or parse_flag_from_env("ACCELERATE_USE_CPU")  # Accelerator reads it, PartialState does not
+    require_usable_gpu(allow_cpu=cpu)
     # Full float32 on GPUs: TF32 convolutions (cuDNN's default) keep ~3 decimal digits, a tenth of a grey level
     # in the decoder mean, which a discretized likelihood would see.
     precision = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)

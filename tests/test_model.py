@@ -375,7 +375,14 @@ def test_tiny_preset_forward_backward_batch32():
     assert torch.isfinite(loss)
 
 
-PARAM_BOUNDS = {"tiny": (1e5, 3e6), "cpu": (1e5, 3e6), "base": (5e6, 5e7), "large": (1e7, 1e8)}
+PARAM_BOUNDS = {"tiny": (1e5, 3e6), "cpu": (1e5, 3e6), "gpu": (5e6, 5e7), "base": (5e6, 5e7), "large": (1e7, 1e8)}
+
+
+def test_gpu_preset_is_base_with_the_cpu_recipe_s_decoder():
+    gpu, base = create_vae("gpu").cfg, VAEConfig.from_preset("base")
+    assert (gpu.channels, gpu.depths, gpu.mid_depth, gpu.latent_dim) == (base.channels, base.depths, 1, 512)
+    assert gpu.likelihood == "gaussian_rgb" and gpu.decoder_norm == "none"
+    assert not [m for m in create_vae("gpu").decoder.modules() if isinstance(m, torch.nn.GroupNorm)]
 
 
 def test_cpu_preset_is_the_cheap_decoder_with_the_rgb_covariance_and_overrides_still_apply():

@@ -51,6 +51,7 @@ class TrainConfig:
     perceptual: str = ""
     perceptual_weight: float = 0.1
     # runtime
+    cpu: bool = False  # train on the CPU even where nvidia-smi lists a GPU
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: str = "auto"  # auto (on for CUDA) | on | off
     seed: int = 0

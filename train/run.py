@@ -26,6 +26,8 @@ from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from common.device import require_usable_gpu
+from common.errors import UserError, report_user_error
 from loaders import Loader, make_loader
 from loaders.shards import first_images
 from model import VAE, bits_per_dim, create_vae, harmonic_metric
@@ -148,9 +150,9 @@ def setup(cfg: TrainConfig) -> Run:
         raise SystemExit("--rate-target replaces the KL weight after a linear warm-up: use --kl-anneal linear or none")
     if cfg.minutes and cfg.warmup_steps < 3:
         raise SystemExit("--minutes plans the step count during the LR warm-up: use --warmup-steps 3 or more")
-    on_cuda = torch.cuda.is_available()
+    on_cuda = torch.cuda.is_available() and not cfg.cpu
     precision = {"auto": "bf16" if on_cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.precision]
-    accelerator = Accelerator(mixed_precision=precision)
+    accelerator = Accelerator(mixed_precision=precision, cpu=cfg.cpu)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     set_seed(cfg.seed)  # the same initial weights on every rank
     if accelerator.is_main_process:
@@ -220,11 +222,15 @@ def setup(cfg: TrainConfig) -> Run:
 
 
 def compiles(cfg: TrainConfig) -> bool:
-    return cfg.compile == "on" or (cfg.compile == "auto" and torch.cuda.is_available())
+    return cfg.compile == "on" or (cfg.compile == "auto" and torch.cuda.is_available() and not cfg.cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
+    try:
+        require_usable_gpu(allow_cpu=cfg.cpu)
+    except UserError as err:
+        return report_user_error(err)
     run = setup(cfg)
     if run.figure_images is not None and run.state.step == 0:  # what the prior gives before any training
         save_samples(run.out / "figures" / "samples_init.png", run.vae.eval(), cfg.seed,
