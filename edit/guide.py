@@ -12,16 +12,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.plots import save_grid, save_metric_bars
+from common.plots import save_effect_curves, save_grid, save_metric_bars
 from edit.classifier import augment
-from edit.common import (GRID_SCALE, Change, EditContext, EditError, EditSettings, choose_rows, edit_metrics,
-                         mean_difference_direction, parse_changes, principal_axes, to_images)
+from edit.common import (GRID_SCALE, Change, EditContext, EditError, EditSettings, attribute_region, choose_rows,
+                         edit_metrics, mean_difference_direction, parse_changes, principal_axes, region_changes,
+                         to_images)
 
 DEFAULT_CHANGES = "add:Eyeglasses,remove:Smiling,add:Bangs,add:Blond_Hair"
 METHODS = ("guided", "mean_difference_matched", "mean_difference_full")
-# The settings the report records under "settings", in the order earlier reports have them.
-REPORTED_SETTINGS = ("steps", "lr", "target_prob", "w_other", "w_image", "w_latent", "views", "latent_metric", "along",
-                     "seed")
+# The settings the report records under "settings".
+REPORTED_SETTINGS = ("steps", "lr", "target_prob", "w_other", "w_image", "image_region", "w_latent", "views",
+                     "latent_metric", "along", "seed")
+# Step lengths, as multiples of the guided edit's own, at which guided and baseline edits are compared for the
+# trade-off between success and perturbation.
+TRADE_OFF_SCALES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
 @dataclass
@@ -34,6 +38,11 @@ class GuideSettings(EditSettings):
         "help": "a subject stops once the guide gives its target label this probability"})
     w_other: float = field(default=1.0, metadata={"help": "weight of keeping the other 39 guide predictions"})
     w_image: float = field(default=5.0, metadata={"help": "weight of the L2 to the reconstruction"})
+    image_region: str = field(default="whole", metadata={
+        "help": "where the L2 to the reconstruction counts: the whole image, or only outside the region the "
+                "attribute occupies (from its mean-difference map over the train photos), leaving the edit free "
+                "where the attribute lives",
+        "choices": ("whole", "outside_attribute")})
     w_latent: float = field(default=0.05, metadata={"help": "weight of the L2 to mu"})
     reference_images: int = field(default=64, metadata={
         "help": "test images that have the target label, to measure the judge on their reconstructions"})
@@ -64,6 +73,8 @@ class GuidedEdits:
     images: dict[str, torch.Tensor]  # "original" and the same as uint8, on the CPU
     guide_prob: torch.Tensor  # the guide's last probability of the target label
     stopped: list[int]  # the step each subject stopped at
+    towards: torch.Tensor  # each subject's change's unit mean-difference direction, towards the target [N, d]
+    regions: list[torch.Tensor]  # per change, where its attribute lives in the image [H, W] (bool, CPU)
 
 
 # ----------------------------------------------------------------------------- compute
@@ -74,8 +85,7 @@ def data_basis(mu: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
     mu over the train split scaled by their std (eigenvalues floored at floor * the largest)."""
     eigenvalues, axes = principal_axes(mu - mu.mean(0))
     eigenvalues = eigenvalues.clamp_min(floor * eigenvalues[0])
-    # Rows from the least to the most variance: the order is immaterial to the edit but sets the rounding of u S,
-    # and this is the order earlier reports were made with.
+    # Rows run from the least to the most variance (the order only sets the rounding of u S).
     return (axes * eigenvalues.sqrt()).T.flip(0).contiguous()
 
 
@@ -95,16 +105,17 @@ def guide_logits(guide: torch.nn.Module, x: torch.Tensor, views: str,
 
 def guided_latents(ctx: EditContext, mu: torch.Tensor, reconstruction: torch.Tensor, targets: torch.Tensor,
                    target_values: torch.Tensor, settings: GuideSettings, basis: torch.Tensor | None = None,
-                   directions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+                   directions: torch.Tensor | None = None, pixel_weight: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Per-subject guided z [N, d], Adam from z = mu on
 
         BCE(guide_t(dec z), target) + w_other mean_{a != t} BCE(guide_a(dec z), p0_a)
-        + w_image mean (dec z - dec mu)^2 + w_latent mean u^2,      z = mu + u (or mu + u S with a basis S),
+        + w_image mean w (dec z - dec mu)^2 + w_latent mean u^2,      z = mu + u (or mu + u S with a basis S),
 
     plus a sqrt(d) e with a free scalar a per subject when unit `directions` e [N, d] are given (Adam moves a by
     about lr per step, so the factor lets the step along e grow as fast as u's d coordinates together),
 
-    p0 the guide on dec(mu); also the guide's last target probability [N] and the step each subject stopped at:
+    p0 the guide on dec(mu), w per-pixel weights [N, 1, H, W] of mean 1 (all 1 when not given); also the guide's last target probability [N] and the step each subject stopped at:
     the first at which the guide gives the target `target_prob` (the smallest edit that convinces it)."""
     n, rows = len(mu), torch.arange(len(mu), device=mu.device)
     generator = torch.Generator(mu.device).manual_seed(settings.seed)
@@ -142,7 +153,8 @@ def guided_latents(ctx: EditContext, mu: torch.Tensor, reconstruction: torch.Ten
             break
         target_loss = F.binary_cross_entropy_with_logits(target_logit, target_values, reduction="none")
         other_loss = (F.binary_cross_entropy_with_logits(logits, p0, reduction="none") * others).sum(1) / others.sum(1)
-        image_loss = (x - reconstruction).square().flatten(1).mean(1)
+        squared = (x - reconstruction).square()
+        image_loss = (squared if pixel_weight is None else squared * pixel_weight).flatten(1).mean(1)
         per_subject = (target_loss + settings.w_other * other_loss + settings.w_image * image_loss
                        + settings.w_latent * u.square().mean(1))
         optimizer.zero_grad(set_to_none=True)
@@ -179,15 +191,21 @@ def edit_subjects(ctx: EditContext, settings: GuideSettings, changes: list[Chang
     towards = (2 * target_values - 1)[:, None] * torch.stack(
         [mean_difference_direction(mu_train, train_attributes[:, c.index], c.attribute) for c in changes
          for _ in range(n)])  # each subject's change's mean difference, signed towards the target label
-    directions = towards / towards.norm(dim=1, keepdim=True) if settings.along == "mean_difference" else None
+    unit = towards / towards.norm(dim=1, keepdim=True)
+    regions = [attribute_region(ctx, c.index) for c in changes]
+    pixel_weight = None
+    if settings.image_region == "outside_attribute":
+        outside = torch.stack([(~region).float() / (~region).float().mean().clamp_min(1e-6) for region in regions])
+        pixel_weight = outside.repeat_interleave(n, 0)[:, None].to(ctx.device)
     with torch.enable_grad():
-        z_guided, guide_prob, stopped = guided_latents(ctx, mu, reconstruction, targets, target_values, settings, basis,
-                                                       directions)
+        z_guided, guide_prob, stopped = guided_latents(
+            ctx, mu, reconstruction, targets, target_values, settings, basis,
+            unit if settings.along == "mean_difference" else None, pixel_weight)
     z_matched, z_full = mean_difference_latents(towards, mu, z_guided)
     latents = dict(zip(METHODS, (z_guided, z_matched, z_full)))
     decoded = {"reconstruction": reconstruction, **{m: ctx.decode_batched(z) for m, z in latents.items()}}
     images = {"original": originals.cpu(), **{name: to_images(x) for name, x in decoded.items()}}
-    return GuidedEdits(changes, subject_rows, mu, latents, decoded, images, guide_prob, stopped)
+    return GuidedEdits(changes, subject_rows, mu, latents, decoded, images, guide_prob, stopped, unit, regions)
 
 
 # ----------------------------------------------------------------------------- measure
@@ -216,8 +234,37 @@ def measure_change(ctx: EditContext, settings: GuideSettings, edits: GuidedEdits
             "judge_success": int(success(p).sum()), "judge_success_rate": float(success(p).float().mean()),
             "judge_target_prob": float(p[part, t].mean()), "latent_distance": float(distance[part].mean()),
             **edit_metrics(edits.images["reconstruction"][part], edits.images[method][part], p_recon[part], p[part],
-                           exclude=[t])}
+                           exclude=[t]),
+            **region_changes(edits.images["reconstruction"][part], edits.images[method][part], edits.regions[k])}
+    entry["attribute_region_share"] = float(edits.regions[k].float().mean())
     return entry
+
+
+def trade_off(ctx: EditContext, settings: GuideSettings, edits: GuidedEdits, p_recon: torch.Tensor) -> dict:
+    """Success against perturbation: the guided step and the mean-difference step of the same length, both scaled
+    by TRADE_OFF_SCALES; per change and scale the judge's success rate, the pixel change outside the attribute's
+    region and the judge's other attributes' mean |delta p| (all against the reconstruction)."""
+    n, guided_step = settings.subjects, edits.latents["guided"] - edits.mu
+    steps = {"guided": guided_step, "mean_difference": guided_step.norm(dim=1, keepdim=True) * edits.towards}
+    curves: dict = {method: {c.label: [] for c in edits.changes} for method in steps}
+    for scale in TRADE_OFF_SCALES:
+        for method, step in steps.items():
+            decoded = ctx.decode_batched(edits.mu + scale * step)
+            probs, images = ctx.judge_probs(decoded), to_images(decoded)
+            for k, change in enumerate(edits.changes):
+                part, t = slice(k * n, (k + 1) * n), change.index
+                success = (probs[part, t] > 0.5) if change.target else (probs[part, t] < 0.5)
+                others = torch.ones(probs.shape[1], dtype=torch.bool, device=probs.device)
+                others[t] = False
+                curves[method][change.label].append({
+                    "scale": scale, "latent_distance": float((scale * step[part]).norm(dim=1).mean()),
+                    "judge_success_rate": float(success.float().mean()),
+                    "other_attributes_mean_abs_change": float((probs[part] - p_recon[part])[:, others].abs().mean()),
+                    **region_changes(edits.images["reconstruction"][part], images[part], edits.regions[k])})
+    mean = {method: [{key: float(np.mean([curve[i][key] for curve in per_change.values()]))
+                      for key in per_change[edits.changes[0].label][i]}
+                     for i in range(len(TRADE_OFF_SCALES))] for method, per_change in curves.items()}
+    return {"scales": list(TRADE_OFF_SCALES), "per_change": curves, "mean_over_changes": mean}
 
 
 def judge_ceiling(ctx: EditContext, changes: list[Change], reference_images: int) -> dict:
@@ -238,6 +285,7 @@ def measure(ctx: EditContext, settings: GuideSettings, edits: GuidedEdits) -> di
     changes = [measure_change(ctx, settings, edits, k, probs) for k in range(len(edits.changes))]
     summary = {method: {key: float(np.mean([e[method][key] for e in changes]))
                         for key in ("judge_success_rate", "other_attributes_mean_abs_change",
+                                    "outside_region_mean_abs_change", "inside_region_mean_abs_change",
                                     "psnr_to_reconstruction_db", "rmse_to_reconstruction", "latent_distance")}
                for method in METHODS}
     # The judge's accuracy on the subjects' own labels, from their reconstructions: how far to trust it on VAE output.
@@ -247,6 +295,7 @@ def measure(ctx: EditContext, settings: GuideSettings, edits: GuidedEdits) -> di
             "judge_accuracy_on_subject_reconstructions": {c.attribute: float(accuracy[c.index]) for c in edits.changes},
             "judge_on_reconstructions_that_have_the_target": judge_ceiling(ctx, edits.changes,
                                                                            settings.reference_images),
+            "trade_off": trade_off(ctx, settings, edits, probs["reconstruction"]),
             "settings": {name: getattr(settings, name) for name in REPORTED_SETTINGS}}
 
 
@@ -281,6 +330,15 @@ def draw(out: Path, settings: GuideSettings, edits: GuidedEdits, report: dict) -
                       "mean-diff same step: other |dp|": series("mean_difference_matched",
                                                                 "other_attributes_mean_abs_change")},
                      ylabel="rate / mean |delta p|", title="Guided edit vs mean-difference baseline (judge classifier)")
+    curves = report["trade_off"]["mean_over_changes"]
+    save_effect_curves(out / "guide_tradeoff.png",
+                       [[point["outside_region_mean_abs_change"] for point in curves[m]] for m in curves],
+                       [[point["judge_success_rate"] for point in curves[m]] for m in curves],
+                       [f"{'guided' if m == 'guided' else 'mean difference, same |dz|'} (step x "
+                        f"{', '.join(f'{s:g}' for s in report['trade_off']['scales'])})" for m in curves],
+                       xlabel="pixel change outside the attribute's region (grey levels, mean over changes)",
+                       ylabel="judge success rate (mean over changes)",
+                       title="Success against perturbation: each edit's step scaled, the same |dz| for both")
 
 
 @torch.no_grad()
