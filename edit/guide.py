@@ -21,8 +21,8 @@ from edit.common import (GRID_SCALE, Change, EditContext, EditError, EditSetting
 DEFAULT_CHANGES = "add:Eyeglasses,remove:Smiling,add:Bangs,add:Blond_Hair"
 METHODS = ("guided", "mean_difference_matched", "mean_difference_full")
 # The settings the report records under "settings".
-REPORTED_SETTINGS = ("steps", "lr", "target_prob", "w_other", "w_image", "image_region", "w_latent", "views",
-                     "latent_metric", "along", "seed")
+REPORTED_SETTINGS = ("steps", "lr", "target_prob", "w_other", "w_image", "w_latent", "views", "latent_metric", "along",
+                     "seed")
 # Step lengths, as multiples of the guided edit's own, at which guided and baseline edits are compared for the
 # trade-off between success and perturbation.
 TRADE_OFF_SCALES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
@@ -38,11 +38,6 @@ class GuideSettings(EditSettings):
         "help": "a subject stops once the guide gives its target label this probability"})
     w_other: float = field(default=1.0, metadata={"help": "weight of keeping the other 39 guide predictions"})
     w_image: float = field(default=5.0, metadata={"help": "weight of the L2 to the reconstruction"})
-    image_region: str = field(default="whole", metadata={
-        "help": "where the L2 to the reconstruction counts: the whole image, or only outside the region the "
-                "attribute occupies (from its mean-difference map over the train photos), leaving the edit free "
-                "where the attribute lives",
-        "choices": ("whole", "outside_attribute")})
     w_latent: float = field(default=0.05, metadata={"help": "weight of the L2 to mu"})
     reference_images: int = field(default=64, metadata={
         "help": "test images that have the target label, to measure the judge on their reconstructions"})
@@ -105,17 +100,16 @@ def guide_logits(guide: torch.nn.Module, x: torch.Tensor, views: str,
 
 def guided_latents(ctx: EditContext, mu: torch.Tensor, reconstruction: torch.Tensor, targets: torch.Tensor,
                    target_values: torch.Tensor, settings: GuideSettings, basis: torch.Tensor | None = None,
-                   directions: torch.Tensor | None = None, pixel_weight: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+                   directions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Per-subject guided z [N, d], Adam from z = mu on
 
         BCE(guide_t(dec z), target) + w_other mean_{a != t} BCE(guide_a(dec z), p0_a)
-        + w_image mean w (dec z - dec mu)^2 + w_latent mean u^2,      z = mu + u (or mu + u S with a basis S),
+        + w_image mean (dec z - dec mu)^2 + w_latent mean u^2,      z = mu + u (or mu + u S with a basis S),
 
     plus a sqrt(d) e with a free scalar a per subject when unit `directions` e [N, d] are given (Adam moves a by
     about lr per step, so the factor lets the step along e grow as fast as u's d coordinates together),
 
-    p0 the guide on dec(mu), w per-pixel weights [N, 1, H, W] of mean 1 (all 1 when not given); also the guide's last target probability [N] and the step each subject stopped at:
+    p0 the guide on dec(mu); also the guide's last target probability [N] and the step each subject stopped at:
     the first at which the guide gives the target `target_prob` (the smallest edit that convinces it)."""
     n, rows = len(mu), torch.arange(len(mu), device=mu.device)
     generator = torch.Generator(mu.device).manual_seed(settings.seed)
@@ -153,8 +147,7 @@ def guided_latents(ctx: EditContext, mu: torch.Tensor, reconstruction: torch.Ten
             break
         target_loss = F.binary_cross_entropy_with_logits(target_logit, target_values, reduction="none")
         other_loss = (F.binary_cross_entropy_with_logits(logits, p0, reduction="none") * others).sum(1) / others.sum(1)
-        squared = (x - reconstruction).square()
-        image_loss = (squared if pixel_weight is None else squared * pixel_weight).flatten(1).mean(1)
+        image_loss = (x - reconstruction).square().flatten(1).mean(1)
         per_subject = (target_loss + settings.w_other * other_loss + settings.w_image * image_loss
                        + settings.w_latent * u.square().mean(1))
         optimizer.zero_grad(set_to_none=True)
@@ -193,14 +186,10 @@ def edit_subjects(ctx: EditContext, settings: GuideSettings, changes: list[Chang
          for _ in range(n)])  # each subject's change's mean difference, signed towards the target label
     unit = towards / towards.norm(dim=1, keepdim=True)
     regions = [attribute_region(ctx, c.index) for c in changes]
-    pixel_weight = None
-    if settings.image_region == "outside_attribute":
-        outside = torch.stack([(~region).float() / (~region).float().mean().clamp_min(1e-6) for region in regions])
-        pixel_weight = outside.repeat_interleave(n, 0)[:, None].to(ctx.device)
     with torch.enable_grad():
         z_guided, guide_prob, stopped = guided_latents(
             ctx, mu, reconstruction, targets, target_values, settings, basis,
-            unit if settings.along == "mean_difference" else None, pixel_weight)
+            unit if settings.along == "mean_difference" else None)
     z_matched, z_full = mean_difference_latents(towards, mu, z_guided)
     latents = dict(zip(METHODS, (z_guided, z_matched, z_full)))
     decoded = {"reconstruction": reconstruction, **{m: ctx.decode_batched(z) for m, z in latents.items()}}

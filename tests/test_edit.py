@@ -118,7 +118,8 @@ def test_amplify_and_identity_write_grids_and_measurements(trained, tmp_path):
         for end in ("low", "high"):  # the region is where the face changes, so it changes more there
             assert ends[end]["region_mean_abs_change"] >= ends[end]["mean_abs_change"], component
     usage = amplify["latent_usage"]["kl_per_component"]
-    assert 1 <= usage["directions_for_half"] <= usage["directions_for_90_percent"] <= 16  # the tiny preset's latent
+    assert 1 <= usage["directions_for_half"] <= usage["directions_for_90_percent"]
+    assert usage["largest_shares"] == sorted(usage["largest_shares"], reverse=True) and usage["effective_number"] >= 1
     assert (out / "amplify_curves.png").is_file()
 
     assert _edit(trained, "identity", out, guide=False) == 0
@@ -270,32 +271,3 @@ def test_sweep_ends_are_the_train_quantiles_and_kl_shares_count_components():
     assert shares["largest_shares"] == [0.5, 0.25, 0.125, 0.125]
     assert abs(share_curve(torch.ones(5))["effective_number"] - 5) < 1e-5
 
-
-def test_guided_image_loss_outside_the_attribute_leaves_the_edit_free_inside_it():
-    """A guide that reads pixels 5 and 6 equally (and a target probability it keeps pushing towards), an identity
-    decoder and a strong L2 to the reconstruction: weighted everywhere, the edit splits evenly between the two
-    pixels; weighted only off pixel 5 (its region), it moves pixel 5 and leaves pixel 6 near its start."""
-    from types import SimpleNamespace
-
-    import torch
-
-    from edit.guide import GuideSettings, guided_latents
-
-    n, d = 2, 16
-    e = torch.zeros(d)
-    e[5] = e[6] = 2 ** -0.5
-    ctx = SimpleNamespace(decode=lambda z: z.view(len(z), 1, 1, d),
-                          guide=lambda x: torch.stack([10 * x.flatten(1) @ e, torch.zeros(len(x))], 1))
-    mu = torch.zeros(n, d)
-    settings = GuideSettings(steps=300, lr=0.05, target_prob=0.99999, w_other=0.0, w_image=20.0, w_latent=0.0,
-                             views="none", along="none")
-    outside = torch.ones(d)
-    outside[5] = 0.0
-    weight = (outside / outside.mean()).view(1, 1, 1, d).expand(n, 1, 1, d)
-    with torch.enable_grad():
-        whole, _, _ = guided_latents(ctx, mu, ctx.decode(mu), torch.zeros(n, dtype=torch.long), torch.ones(n),
-                                     settings)
-        free, prob, _ = guided_latents(ctx, mu, ctx.decode(mu), torch.zeros(n, dtype=torch.long), torch.ones(n),
-                                       settings, pixel_weight=weight)
-    torch.testing.assert_close(whole[:, 5], whole[:, 6])
-    assert (prob >= 0.95).all() and (free[:, 5] > 4 * free[:, 6].abs()).all(), free[:, 5:7]
