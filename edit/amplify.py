@@ -278,17 +278,23 @@ def latent_usage(ctx: EditContext, settings: AmplifySettings, discovery: Discove
     if settings.basis == "axis":
         valid = ctx.split("valid")
         images = ctx.images("valid", np.arange(min(settings.usage_images, len(valid))))
-        kl = []
+        kl, posterior_std = [], []
         for part in images.split(ctx.batch_size):
             mu, logvar = ctx.vae.encode(to_model_range(part))
             if logvar is None:
                 break
             kl.append(kl_diag_gaussian_per_dim(mu, logvar))
+            posterior_std.append(torch.exp(0.5 * logvar))
         if kl:
             per_component = torch.cat(kl).mean(0)
             usage["kl_nats_total"] = float(per_component.sum())
             usage["kl_per_component"] = {**share_curve(per_component),
                                          "largest_nats": per_component.sort(descending=True).values[:8].tolist()}
+            # A diagonal posterior singles out the axes only where its variances differ between components; with
+            # equal variances the objective barely changes under a rotation of z, and each component mixes factors.
+            std = torch.cat(posterior_std).mean(0)
+            usage["posterior_std_per_component"] = {"min": float(std.min()), "median": float(std.median()),
+                                                    "max": float(std.max())}
             probed = directions.index[discovery.candidates]
             usage["probed_kl_nats"] = per_component[probed].tolist()
     # The variance of mu along the directions, for either basis: a single component's share against the

@@ -279,8 +279,9 @@ def attribute_region(ctx: "EditContext", attribute: int) -> torch.Tensor:
     images = ctx.images("train", np.arange(len(train)))
     positive = torch.as_tensor(train.attributes[:, attribute].astype(bool), device=images.device)
     if positive.sum() == 0 or (~positive).sum() == 0:
-        raise EditError(f"attribute {ctx.names[attribute]}: no train image {'with' if not positive.sum() else 'without'}"
-                        f" it, so where it lives in the image is unknown")
+        missing = "with" if not positive.sum() else "without"
+        raise EditError(f"attribute {ctx.names[attribute]}: no train image {missing} it, so where it lives in the "
+                        f"image is unknown")
     sums = torch.zeros(2, *images.shape[1:], device=images.device)
     for part, labels in zip(images.split(1024), positive.split(1024)):  # a float copy of the split is ~0.4 GB
         part = part.float()
