@@ -1,6 +1,6 @@
 """Feature amplification: move test faces along one latent direction, a latent component (z_i + alpha, the
-default) or a principal axis of mu over train (z + alpha v). The sweep's ends are the train split's extreme
-quantiles of mu along the direction (relative to its mean), so every face stays where the data lives.
+default) or a principal axis of mu over train (z + alpha v). The sweep's ends are the train split's range of mu
+along the direction (relative to its mean), so every face stays where the data lives.
 
 Directions are ranked by what a person would see: how much the decoded face changes between the two ends in the
 region that changes (grey levels), times how far the judge's probability of the attribute the change looks like
@@ -34,7 +34,9 @@ class AmplifySettings(EditSettings):
     components: str = field(default="", metadata={"help": "show these latent indices / PCs instead of discovering"})
     candidates: int = field(default=64, metadata={"help": "directions probed (largest data spread first; 0: all)"})
     probe: int = field(default=12, metadata={"help": "valid images the discovery probes with"})
-    alpha_quantile: float = field(default=0.01, metadata={
+    # The whole range reaches visible changes the 1st..99th percentiles do not (real sample, latent 256: the
+    # judge names the change on 4, 2, 6, 1 of 8 subjects against 2, 0, 0, 1), and still stays where data lives.
+    alpha_quantile: float = field(default=0.0, metadata={
         "help": "the sweep runs between the train split's q and 1-q quantiles of mu along the direction, less its "
                 "mean (0: its minimum and maximum)"})
     num_alphas: int = 10
