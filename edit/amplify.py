@@ -34,8 +34,8 @@ class AmplifySettings(EditSettings):
     components: str = field(default="", metadata={"help": "show these latent indices / PCs instead of discovering"})
     candidates: int = field(default=64, metadata={"help": "directions probed (largest data spread first; 0: all)"})
     probe: int = field(default=12, metadata={"help": "valid images the discovery probes with"})
-    # The whole range reaches visible changes the 1st..99th percentiles do not (real sample, latent 256: the
-    # judge names the change on 4, 2, 6, 1 of 8 subjects against 2, 0, 0, 1), and still stays where data lives.
+    # The whole range reaches changes the 1st..99th percentiles do not (real sample, latent 256: the judge names
+    # the four chosen changes on 4, 2, 6, 1 of 8 subjects against 2, 0, 0, 1), and stays where the data lives.
     alpha_quantile: float = field(default=0.0, metadata={
         "help": "the sweep runs between the train split's q and 1-q quantiles of mu along the direction, less its "
                 "mean (0: its minimum and maximum)"})
