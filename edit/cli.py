@@ -48,31 +48,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def show_amplify(report: dict) -> None:
-    table = Table(title=f"feature amplification ({report['basis']} basis): what each direction moves (judge)")
-    for column in ("direction", "std", "moves (judge delta p, -A..+A)", "train correlation"):
+    table = Table(title=f"feature amplification ({report['basis']} basis): what each direction changes")
+    for column in ("direction", "alpha (std)", "named (judge moves >= "
+                   f"{report['named_change']:g})", "grey levels where it changes (low / high end)", "region",
+                   "judge moves (probe)"):
         table.add_column(column)
     for c in report["components"]:
+        ends = c["ends_vs_reconstruction"]
         moves = ", ".join(f"{m['attribute']} {m['judge_prob_change']:+.2f}" for m in c["moves"])
-        corr = ", ".join(f"{m['attribute']} {m['train_correlation']:+.2f}" for m in c["top_correlated_attributes"])
-        table.add_row(c["direction"], f"{c['data_std']:.2f}", moves, corr)
+        table.add_row(c["direction"], f"{c['alpha_in_std'][0]:+.1f}..{c['alpha_in_std'][-1]:+.1f}",
+                      f"{c['named_attribute']} {c['judge_named_subjects']}/{len(report['subjects'])}",
+                      f"{ends['low']['region_mean_abs_change']:.1f} / {ends['high']['region_mean_abs_change']:.1f}",
+                      f"{c['region_area_share']:.0%}", moves)
     console.print(table)
+    usage = report["latent_usage"].get("kl_per_component")
+    if usage:
+        console.print(f"KL {report['latent_usage']['kl_nats_total']:.0f} nats over the components: half of it in "
+                      f"{usage['directions_for_half']}, 90% in {usage['directions_for_90_percent']} (effective "
+                      f"number {usage['effective_number']:.0f}); the largest component holds "
+                      f"{usage['largest_shares'][0]:.1%}")
 
 
 def show_guide(report: dict) -> None:
-    table = Table(title="label guidance scored by the judge; changes vs the reconstruction")
-    for column in ("change", "method", "judge ok", "p(target)", "other |dp|", "PSNR", "|dz|"):
+    table = Table(title="label guidance scored by the judge; changes vs the reconstruction (outside region: grey "
+                        "levels changed outside where the attribute lives)")
+    for column in ("change", "method", "judge ok", "p(target)", "other |dp|", "outside region", "PSNR", "|dz|"):
         table.add_column(column, justify="left" if column in ("change", "method") else "right",
                          no_wrap=column != "change")
     for entry in report["changes"]:
         rec = entry["reconstruction"]
         table.add_row(entry["change"], "recon.", f"{rec['judge_success']}", fmt_float(rec["judge_target_prob"]),
-                      "", "", "")
+                      "", "", "", "")
         for method, short in (("guided", "guided"), ("mean_difference_matched", "mean-diff =|dz|"),
                               ("mean_difference_full", "mean-diff full")):
             m = entry[method]
             table.add_row("", short, f"{m['judge_success']}/{len(entry['subjects'])}",
                           fmt_float(m["judge_target_prob"]),
-                          fmt_float(m["other_attributes_mean_abs_change"]), f"{m['psnr_to_reconstruction_db']:.1f}",
+                          fmt_float(m["other_attributes_mean_abs_change"]),
+                          f"{m['outside_region_mean_abs_change']:.1f}", f"{m['psnr_to_reconstruction_db']:.1f}",
                           f"{m['latent_distance']:.2f}")
     console.print(table)
 
@@ -80,7 +93,8 @@ def show_guide(report: dict) -> None:
 def show_identity(report: dict) -> None:
     table = Table(title=f"identity transfer ({report['subspace']['dims']}-dim within-identity subspace kept)")
     for column in ("anchor", "latent", "judge feat. cos to anchor", "judge attr. dist to anchor",
-                   "re-enc. identity dist", "thumbnail corr to subject", "re-enc. pose dist"):
+                   "re-enc. identity dist", "thumbnail corr to subject", "re-enc. pose dist",
+                   "PSNR to subject outside the face"):
         table.add_column(column, justify="left" if column in ("anchor", "latent") else "right")
     for anchor in report["anchors"]:
         for i, (name, m) in enumerate(anchor["metrics"].items()):
@@ -89,7 +103,8 @@ def show_identity(report: dict) -> None:
                           fmt_float(m["judge_attribute_distance_to_anchor"]),
                           f"{m['latent_outside_distance_to_anchor']:.2f}",
                           fmt_float(m["low_frequency_correlation_to_subject"]),
-                          f"{m['latent_within_distance_to_subject']:.2f}")
+                          f"{m['latent_within_distance_to_subject']:.2f}",
+                          f"{m['outside_face_psnr_to_subject_db']:.1f}")
     console.print(table)
 
 

@@ -249,6 +249,48 @@ def edit_metrics(before: torch.Tensor, after: torch.Tensor, p_before: torch.Tens
             "other_attributes_max_abs_change": float((p_after - p_before)[:, keep].abs().max())}
 
 
+def grey_change(a_uint8: torch.Tensor, b_uint8: torch.Tensor) -> torch.Tensor:
+    """Per-pixel |a - b| in grey levels (0..255), averaged over the colour channels: [N, H, W]."""
+    return (a_uint8.float() - b_uint8.float()).abs().mean(1)
+
+
+REGION_LEVEL = 0.5  # a pixel is in a change map's region when it changes by half the map's robust maximum
+
+
+def change_region(change_map: torch.Tensor) -> torch.Tensor:
+    """The region of an [H, W] map of mean pixel change where the change happens: pixels at least REGION_LEVEL of
+    the map's 99th percentile (a maximum that a few stray pixels do not set)."""
+    return change_map >= REGION_LEVEL * torch.quantile(change_map.flatten().float(), 0.99)
+
+
+def region_changes(before_uint8: torch.Tensor, after_uint8: torch.Tensor, region: torch.Tensor) -> dict:
+    """Mean |pixel change| (grey levels) outside and inside a region [H, W] of the image: what an edit of the
+    attribute living in the region should leave alone, and what it should change."""
+    change = grey_change(before_uint8, after_uint8)
+    return {"outside_region_mean_abs_change": float(change[:, ~region].mean()) if (~region).any() else 0.0,
+            "inside_region_mean_abs_change": float(change[:, region].mean()) if region.any() else 0.0}
+
+
+def attribute_region(ctx: "EditContext", attribute: int) -> torch.Tensor:
+    """Where an attribute lives in the image [H, W] (bool): the change region of the difference between the mean
+    train photo with the attribute and the mean one without (aligned faces put glasses, mouths and fringes at
+    the same pixels)."""
+    train = ctx.split("train")
+    images = ctx.images("train", np.arange(len(train)))
+    positive = torch.as_tensor(train.attributes[:, attribute].astype(bool), device=images.device)
+    if positive.sum() == 0 or (~positive).sum() == 0:
+        missing = "with" if not positive.sum() else "without"
+        raise EditError(f"attribute {ctx.names[attribute]}: no train image {missing} it, so where it lives in the "
+                        f"image is unknown")
+    sums = torch.zeros(2, *images.shape[1:], device=images.device)
+    for part, labels in zip(images.split(1024), positive.split(1024)):  # a float copy of the split is ~0.4 GB
+        part = part.float()
+        sums[0] += part[labels].sum(0)
+        sums[1] += part[~labels].sum(0)
+    difference = sums[0] / positive.sum() - sums[1] / (~positive).sum()
+    return change_region(difference.abs().mean(0)).cpu()
+
+
 def low_frequency_correlation(a_uint8: torch.Tensor, b_uint8: torch.Tensor, size: int = 8) -> torch.Tensor:
     """Per-pair Pearson correlation of the grey images average-pooled to size x size: layout, pose and lighting,
     blind to colour shifts and fine detail."""

@@ -12,16 +12,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.plots import save_grid, save_metric_bars
+from common.plots import save_effect_curves, save_grid, save_metric_bars
 from edit.classifier import augment
-from edit.common import (GRID_SCALE, Change, EditContext, EditError, EditSettings, choose_rows, edit_metrics,
-                         mean_difference_direction, parse_changes, principal_axes, to_images)
+from edit.common import (GRID_SCALE, Change, EditContext, EditError, EditSettings, attribute_region, choose_rows,
+                         edit_metrics, mean_difference_direction, parse_changes, principal_axes, region_changes,
+                         to_images)
 
 DEFAULT_CHANGES = "add:Eyeglasses,remove:Smiling,add:Bangs,add:Blond_Hair"
 METHODS = ("guided", "mean_difference_matched", "mean_difference_full")
-# The settings the report records under "settings", in the order earlier reports have them.
+# The settings the report records under "settings".
 REPORTED_SETTINGS = ("steps", "lr", "target_prob", "w_other", "w_image", "w_latent", "views", "latent_metric", "along",
                      "seed")
+# Step lengths, as multiples of the guided edit's own, at which guided and baseline edits are compared for the
+# trade-off between success and perturbation.
+TRADE_OFF_SCALES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
 @dataclass
@@ -64,6 +68,8 @@ class GuidedEdits:
     images: dict[str, torch.Tensor]  # "original" and the same as uint8, on the CPU
     guide_prob: torch.Tensor  # the guide's last probability of the target label
     stopped: list[int]  # the step each subject stopped at
+    towards: torch.Tensor  # each subject's change's unit mean-difference direction, towards the target [N, d]
+    regions: list[torch.Tensor]  # per change, where its attribute lives in the image [H, W] (bool, CPU)
 
 
 # ----------------------------------------------------------------------------- compute
@@ -74,8 +80,7 @@ def data_basis(mu: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
     mu over the train split scaled by their std (eigenvalues floored at floor * the largest)."""
     eigenvalues, axes = principal_axes(mu - mu.mean(0))
     eigenvalues = eigenvalues.clamp_min(floor * eigenvalues[0])
-    # Rows from the least to the most variance: the order is immaterial to the edit but sets the rounding of u S,
-    # and this is the order earlier reports were made with.
+    # Rows run from the least to the most variance (the order only sets the rounding of u S).
     return (axes * eigenvalues.sqrt()).T.flip(0).contiguous()
 
 
@@ -179,15 +184,17 @@ def edit_subjects(ctx: EditContext, settings: GuideSettings, changes: list[Chang
     towards = (2 * target_values - 1)[:, None] * torch.stack(
         [mean_difference_direction(mu_train, train_attributes[:, c.index], c.attribute) for c in changes
          for _ in range(n)])  # each subject's change's mean difference, signed towards the target label
-    directions = towards / towards.norm(dim=1, keepdim=True) if settings.along == "mean_difference" else None
+    unit = towards / towards.norm(dim=1, keepdim=True)
+    regions = [attribute_region(ctx, c.index) for c in changes]
     with torch.enable_grad():
-        z_guided, guide_prob, stopped = guided_latents(ctx, mu, reconstruction, targets, target_values, settings, basis,
-                                                       directions)
+        z_guided, guide_prob, stopped = guided_latents(
+            ctx, mu, reconstruction, targets, target_values, settings, basis,
+            unit if settings.along == "mean_difference" else None)
     z_matched, z_full = mean_difference_latents(towards, mu, z_guided)
     latents = dict(zip(METHODS, (z_guided, z_matched, z_full)))
     decoded = {"reconstruction": reconstruction, **{m: ctx.decode_batched(z) for m, z in latents.items()}}
     images = {"original": originals.cpu(), **{name: to_images(x) for name, x in decoded.items()}}
-    return GuidedEdits(changes, subject_rows, mu, latents, decoded, images, guide_prob, stopped)
+    return GuidedEdits(changes, subject_rows, mu, latents, decoded, images, guide_prob, stopped, unit, regions)
 
 
 # ----------------------------------------------------------------------------- measure
@@ -216,8 +223,37 @@ def measure_change(ctx: EditContext, settings: GuideSettings, edits: GuidedEdits
             "judge_success": int(success(p).sum()), "judge_success_rate": float(success(p).float().mean()),
             "judge_target_prob": float(p[part, t].mean()), "latent_distance": float(distance[part].mean()),
             **edit_metrics(edits.images["reconstruction"][part], edits.images[method][part], p_recon[part], p[part],
-                           exclude=[t])}
+                           exclude=[t]),
+            **region_changes(edits.images["reconstruction"][part], edits.images[method][part], edits.regions[k])}
+    entry["attribute_region_share"] = float(edits.regions[k].float().mean())
     return entry
+
+
+def trade_off(ctx: EditContext, settings: GuideSettings, edits: GuidedEdits, p_recon: torch.Tensor) -> dict:
+    """Success against perturbation: the guided step and the mean-difference step of the same length, both scaled
+    by TRADE_OFF_SCALES; per change and scale the judge's success rate, the pixel change outside the attribute's
+    region and the judge's other attributes' mean |delta p| (all against the reconstruction)."""
+    n, guided_step = settings.subjects, edits.latents["guided"] - edits.mu
+    steps = {"guided": guided_step, "mean_difference": guided_step.norm(dim=1, keepdim=True) * edits.towards}
+    curves: dict = {method: {c.label: [] for c in edits.changes} for method in steps}
+    for scale in TRADE_OFF_SCALES:
+        for method, step in steps.items():
+            decoded = ctx.decode_batched(edits.mu + scale * step)
+            probs, images = ctx.judge_probs(decoded), to_images(decoded)
+            for k, change in enumerate(edits.changes):
+                part, t = slice(k * n, (k + 1) * n), change.index
+                success = (probs[part, t] > 0.5) if change.target else (probs[part, t] < 0.5)
+                others = torch.ones(probs.shape[1], dtype=torch.bool, device=probs.device)
+                others[t] = False
+                curves[method][change.label].append({
+                    "scale": scale, "latent_distance": float((scale * step[part]).norm(dim=1).mean()),
+                    "judge_success_rate": float(success.float().mean()),
+                    "other_attributes_mean_abs_change": float((probs[part] - p_recon[part])[:, others].abs().mean()),
+                    **region_changes(edits.images["reconstruction"][part], images[part], edits.regions[k])})
+    mean = {method: [{key: float(np.mean([curve[i][key] for curve in per_change.values()]))
+                      for key in per_change[edits.changes[0].label][i]}
+                     for i in range(len(TRADE_OFF_SCALES))] for method, per_change in curves.items()}
+    return {"scales": list(TRADE_OFF_SCALES), "per_change": curves, "mean_over_changes": mean}
 
 
 def judge_ceiling(ctx: EditContext, changes: list[Change], reference_images: int) -> dict:
@@ -238,6 +274,7 @@ def measure(ctx: EditContext, settings: GuideSettings, edits: GuidedEdits) -> di
     changes = [measure_change(ctx, settings, edits, k, probs) for k in range(len(edits.changes))]
     summary = {method: {key: float(np.mean([e[method][key] for e in changes]))
                         for key in ("judge_success_rate", "other_attributes_mean_abs_change",
+                                    "outside_region_mean_abs_change", "inside_region_mean_abs_change",
                                     "psnr_to_reconstruction_db", "rmse_to_reconstruction", "latent_distance")}
                for method in METHODS}
     # The judge's accuracy on the subjects' own labels, from their reconstructions: how far to trust it on VAE output.
@@ -247,6 +284,7 @@ def measure(ctx: EditContext, settings: GuideSettings, edits: GuidedEdits) -> di
             "judge_accuracy_on_subject_reconstructions": {c.attribute: float(accuracy[c.index]) for c in edits.changes},
             "judge_on_reconstructions_that_have_the_target": judge_ceiling(ctx, edits.changes,
                                                                            settings.reference_images),
+            "trade_off": trade_off(ctx, settings, edits, probs["reconstruction"]),
             "settings": {name: getattr(settings, name) for name in REPORTED_SETTINGS}}
 
 
@@ -281,6 +319,15 @@ def draw(out: Path, settings: GuideSettings, edits: GuidedEdits, report: dict) -
                       "mean-diff same step: other |dp|": series("mean_difference_matched",
                                                                 "other_attributes_mean_abs_change")},
                      ylabel="rate / mean |delta p|", title="Guided edit vs mean-difference baseline (judge classifier)")
+    curves = report["trade_off"]["mean_over_changes"]
+    save_effect_curves(out / "guide_tradeoff.png",
+                       [[point["outside_region_mean_abs_change"] for point in curves[m]] for m in curves],
+                       [[point["judge_success_rate"] for point in curves[m]] for m in curves],
+                       [f"{'guided' if m == 'guided' else 'mean difference, same |dz|'} (step x "
+                        f"{', '.join(f'{s:g}' for s in report['trade_off']['scales'])})" for m in curves],
+                       xlabel="pixel change outside the attribute's region (grey levels, mean over changes)",
+                       ylabel="judge success rate (mean over changes)",
+                       title="Success against perturbation: each edit's step scaled, the same |dz| for both")
 
 
 @torch.no_grad()

@@ -16,12 +16,25 @@ import torch
 import torch.nn.functional as F
 
 from common.plots import save_grid
-from edit.common import (GRID_SCALE, EditContext, EditError, EditSettings, blank, choose_rows,
-                         low_frequency_correlation, parse_ints, principal_axes, to_images)
+from edit.common import (GRID_SCALE, EditContext, EditError, EditSettings, blank, choose_rows, grey_change,
+                         low_frequency_correlation, parse_ints, principal_axes, psnr, to_images)
 from shard_builder.format import UNKNOWN_IDENTITY
 
 ANCHOR_SPLITS = ("test", "train")  # where anchors are looked for, in this order
 ANCHOR_COUNT = 3
+# The face in an aligned CelebA crop (eyes level at ~0.45 of the height, mouth at ~0.7): an ellipse centred at
+# (0.5, 0.55) of the image with half-axes 0.28 of the width and 0.36 of the height. Outside it lie the
+# background, the shoulders and most of the hair, which a transfer that keeps the subject's pose and setting
+# should leave alone (the hair partly belongs to the identity, so the change outside is an upper bound).
+FACE_ELLIPSE = (0.5, 0.55, 0.28, 0.36)
+
+
+def face_mask(size: int) -> torch.Tensor:
+    """[size, size] bool, True inside FACE_ELLIPSE."""
+    cx, cy, ax, ay = FACE_ELLIPSE
+    centres = (torch.arange(size) + 0.5) / size
+    y, x = torch.meshgrid(centres, centres, indexing="ij")
+    return ((x - cx) / ax).square() + ((y - cy) / ay).square() <= 1
 
 
 @dataclass
@@ -160,9 +173,11 @@ def transfer_to_anchor(ctx: EditContext, anchor: tuple[int, str, np.ndarray], su
 def measure_anchor(ctx: EditContext, anchor: AnchorTransfer, subjects: Subjects, basis: torch.Tensor,
                    projector: torch.Tensor) -> dict[str, dict]:
     """Per edit: closeness to the anchor by the judge (features and probabilities, against the anchor's
-    reconstructions) and in latent space outside U; pose kept (thumbnail correlation, distance inside U), both
-    of the re-encoded result."""
+    reconstructions) and in latent space outside U; pose kept (thumbnail correlation, distance inside U, of the
+    re-encoded result); and setting kept: PSNR and mean |change| against the subject's reconstruction outside
+    the face ellipse (background, shoulders, hair), beside the change inside it."""
     anchor_features = F.normalize(ctx.judge_features(anchor.reconstruction).mean(0), dim=0)
+    face = face_mask(subjects.reconstruction_images.shape[-1])
     anchor_probs = ctx.judge_probs(anchor.reconstruction).mean(0)
     metrics = {}
     for name, decoded in anchor.decoded.items():
@@ -177,6 +192,11 @@ def measure_anchor(ctx: EditContext, anchor: AnchorTransfer, subjects: Subjects,
             "latent_within_distance_to_subject": float(((re_encoded - subjects.mu) @ basis).norm(dim=1).mean()),
             "low_frequency_correlation_to_subject": float(
                 low_frequency_correlation(images, subjects.reconstruction_images).mean()),
+            "outside_face_psnr_to_subject_db": float(
+                psnr(images[:, :, ~face], subjects.reconstruction_images[:, :, ~face]).clamp_max(99).mean()),
+            "outside_face_mean_abs_change": float(
+                grey_change(images, subjects.reconstruction_images)[:, ~face].mean()),
+            "face_mean_abs_change": float(grey_change(images, subjects.reconstruction_images)[:, face].mean()),
         }
     return metrics
 

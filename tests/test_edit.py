@@ -89,7 +89,18 @@ def test_guided_edit_adds_eyeglasses_that_the_judge_sees(trained, tmp_path):
     assert guided["other_attributes_mean_abs_change"] < 0.1, change
     assert guided["psnr_to_reconstruction_db"] > 15, change
     assert baseline["judge_success"] >= 0 and "mean_difference_full" in change
-    for name in ("guide_add_Eyeglasses.png", "guide_overview.png", "guide_comparison.png"):
+    # Glasses live around the eyes: the edit changes the pixels there more than the rest of the face.
+    assert 0 < change["attribute_region_share"] < 0.5, change
+    assert guided["inside_region_mean_abs_change"] > guided["outside_region_mean_abs_change"], change
+    # The trade-off: the same step lengths for both methods, and a longer step changes more outside the region.
+    curves = report["trade_off"]["per_change"]
+    for method in ("guided", "mean_difference"):
+        points = curves[method]["add Eyeglasses"]
+        assert [p["scale"] for p in points] == report["trade_off"]["scales"]
+        assert points[-1]["outside_region_mean_abs_change"] > points[0]["outside_region_mean_abs_change"]
+    for g, b in zip(curves["guided"]["add Eyeglasses"], curves["mean_difference"]["add Eyeglasses"]):
+        assert abs(g["latent_distance"] - b["latent_distance"]) < 1e-4 * max(1.0, g["latent_distance"])
+    for name in ("guide_add_Eyeglasses.png", "guide_overview.png", "guide_comparison.png", "guide_tradeoff.png"):
         assert (out / name).stat().st_size > 2000, name
 
 
@@ -101,6 +112,14 @@ def test_amplify_and_identity_write_grids_and_measurements(trained, tmp_path):
     assert len({c["moves"][0]["attribute"] for c in amplify["components"]}) == 4  # four different effects
     for component in amplify["components"]:
         assert len(component["alphas"]) == 10 and (out / component["figure"]).stat().st_size > 2000
+        assert component["alphas"][0] < 0 < component["alphas"][-1]
+        assert 0 <= component["judge_named_subjects"] <= 8 and 0 < component["region_area_share"] <= 1
+        ends = component["ends_vs_reconstruction"]
+        for end in ("low", "high"):  # the region is where the face changes, so it changes more there
+            assert ends[end]["region_mean_abs_change"] >= ends[end]["mean_abs_change"], component
+    usage = amplify["latent_usage"]["kl_per_component"]
+    assert 1 <= usage["directions_for_half"] <= usage["directions_for_90_percent"]
+    assert usage["largest_shares"] == sorted(usage["largest_shares"], reverse=True) and usage["effective_number"] >= 1
     assert (out / "amplify_curves.png").is_file()
 
     assert _edit(trained, "identity", out, guide=False) == 0
@@ -109,6 +128,9 @@ def test_amplify_and_identity_write_grids_and_measurements(trained, tmp_path):
     for anchor in identity["anchors"]:
         m = anchor["metrics"]
         assert (out / anchor["figure"]).stat().st_size > 2000
+        assert m["subject_reconstruction"]["outside_face_psnr_to_subject_db"] > 90  # unchanged: 99 dB cap
+        # Pose and setting: the transfer changes less outside the face than decoding the anchor's mean does.
+        assert m["transfer_t1"]["outside_face_mean_abs_change"] < m["anchor_mean"]["outside_face_mean_abs_change"]
         # Moving the identity part toward the anchor brings the judge's view of the face closer to the anchor...
         assert m["transfer_t1"]["judge_attribute_distance_to_anchor"] < m["subject_reconstruction"][
             "judge_attribute_distance_to_anchor"]
@@ -166,7 +188,7 @@ def test_bad_input_exits_1_naming_the_value_or_file(trained, tmp_path, capsys):
 @pytest.mark.parametrize("flags", [("--model", "ae"), ("--model", "aae"), ("--likelihood", "categorical"),
                                    ("--likelihood", "bernoulli"), ("--likelihood", "logistic_mixture")])
 def test_other_models_and_decoders_load_in_every_edit(trained, tmp_path, flags):
-    """The seeds' point-latent models and the discrete decoders edit like the Gaussian VAE: codes are mu, and
+    """Point-latent models (autoencoder, AAE) and the discrete decoders edit like the Gaussian VAE: codes are mu, and
     every decoder gives a mean image to show and judge."""
     run = tmp_path / "run"
     assert train_main(["--shards", str(trained["shards"]), "--out", str(run), *flags, "--preset", "tiny",
@@ -207,3 +229,45 @@ def test_guided_step_along_the_mean_difference_grows_as_fast_as_all_of_u(along, 
                                           settings, directions=directions)
     assert first_stop <= stopped[0] <= last_stop and len(set(stopped)) == 1 and (prob >= 0.95).all()
     torch.testing.assert_close(z, (z @ e)[:, None] * e)
+
+
+def test_change_region_is_where_the_pixels_change():
+    import torch
+
+    from edit.common import change_region, grey_change, region_changes
+
+    before = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    after = before.clone()
+    after[:, :, 2:4, 5:8] = 40  # a 2x3 block changes by 40 grey levels in every channel
+    after[:, 0, 0, 0] = 6  # one stray pixel changes by 2 on average over the channels
+    change = grey_change(before, after)
+    region = change_region(change.mean(0))
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[2:4, 5:8] = True
+    assert torch.equal(region, expected)
+    measured = region_changes(before, after, region)
+    assert measured["inside_region_mean_abs_change"] == 40.0
+    assert abs(measured["outside_region_mean_abs_change"] - 2 / 58) < 1e-6
+
+
+def test_sweep_ends_are_the_train_quantiles_and_kl_shares_count_components():
+    import torch
+
+    from edit.amplify import data_directions, share_curve
+
+    # Component 0 takes the values 0..100 (std ~29), component 1 is ten times narrower: the axis basis orders them
+    # by spread and the sweep's ends are the 1st and 99th percentiles less the mean (1 - 50 and 99 - 50).
+    values = torch.arange(101, dtype=torch.float32)
+    mu = torch.stack([values, values.flip(0) / 10], 1)
+    directions = data_directions(mu, "axis", 0.01)
+    assert directions.index.tolist() == [0, 1]
+    torch.testing.assert_close(directions.alpha_low, torch.tensor([-49.0, -4.9]))
+    torch.testing.assert_close(directions.alpha_high, torch.tensor([49.0, 4.9]))
+    full = data_directions(mu, "axis", 0.0)
+    torch.testing.assert_close(full.alpha_high, torch.tensor([50.0, 5.0]))
+
+    shares = share_curve(torch.tensor([2.0, 8.0, 2.0, 4.0]))  # shares 1/2, 1/4, 1/8, 1/8 once sorted
+    assert (shares["directions_for_half"], shares["directions_for_90_percent"]) == (1, 4)
+    assert shares["largest_shares"] == [0.5, 0.25, 0.125, 0.125]
+    assert abs(share_curve(torch.ones(5))["effective_number"] - 5) < 1e-5
+
