@@ -299,22 +299,36 @@ def sweep_section(folder: Path) -> Section:
 # ------------------------------------------------------------------------------------------------------- edits
 
 def amplify_blocks(data: dict) -> list:
-    rows = [[c["direction"], c["data_std"], c["score"], c["pixel_change_between_ends"],
-             ", ".join(f"{m['attribute']} {m['judge_prob_change']:+.2f}" for m in c["moves"][:3])]
+    subjects = len(data["subjects"])
+    rows = [[c["direction"], f"{c['named_attribute']} ({c['named_direction']})",
+             f"{c['judge_named_subjects']} / {subjects}",
+             *(c["ends_vs_reconstruction"][end]["region_mean_abs_change"] for end in ("low", "high")),
+             f"{c['region_area_share']:.0%}", f"{c['alpha_in_std'][0]:+.1f} .. {c['alpha_in_std'][-1]:+.1f}",
+             c["ends_vs_reconstruction"]["high"]["psnr_to_reconstruction_db"]]
             for c in data["components"]]
-    return [Text(f"{data['basis']} basis, {data['active_directions']} active directions, α up to "
-                 f"±{data['alpha_max_std']} data std; ranked by how much the judge's attribute probabilities move."),
-            Table(["direction", "data std", "score", "pixel change between ends",
-                   "judge probability changes (−3σ → +3σ)"], rows),
-            Heading("ranking (top 10)"),
-            records_table(data["ranking"][:10], ["direction", "leading_attribute", "judge_prob_change", "score"])]
+    blocks = [Text(f"{data['basis']} basis, {data['active_directions']} active directions; α spans the train "
+                   f"split's range of μ along each direction. A direction is named after the attribute the judge "
+                   f"moves most; 'named' counts the subjects whose probability of it moves by at least "
+                   f"{data['named_change']:g} between the two ends."),
+              Table(["direction", "named attribute", "named", "grey levels changed, low end", "high end",
+                     "area that changes", "α (data std)", "PSNR high end to reconstruction (dB)"], rows)]
+    kl = data["latent_usage"].get("kl_per_component")
+    if kl:
+        blocks.append(Text(f"KL per component: half of it in {kl['directions_for_half']} components, 90 % in "
+                           f"{kl['directions_for_90_percent']}, effective number {kl['effective_number']:.0f}."))
+    return blocks + [Heading("ranking (top 10)"),
+                     records_table(data["ranking"][:10], ["direction", "leading_attribute", "judge_prob_change",
+                                                          "region_change", "score"])]
 
 
 def guide_blocks(data: dict) -> list:
     methods = ("guided", "mean_difference_matched", "mean_difference_full")
     rows = [[c["change"], f"{c['guide_reached_target_prob']} / {len(c['subjects'])}",
              c["reconstruction"]["judge_success"], *(c[m]["judge_success_rate"] for m in methods),
-             c["guided"]["other_attributes_mean_abs_change"], c["guided"]["psnr_to_reconstruction_db"]]
+             c["guided"]["other_attributes_mean_abs_change"],
+             c["mean_difference_matched"]["other_attributes_mean_abs_change"],
+             c["guided"]["outside_region_mean_abs_change"], c["mean_difference_matched"]["outside_region_mean_abs_change"],
+             c["guided"]["psnr_to_reconstruction_db"]]
             for c in data["changes"]]
     # A change the judge already sees on most reconstructions (the VAE lost the attribute) proves nothing.
     lost = [f"{c['change']} ({c['reconstruction']['judge_success']}/{len(c['subjects'])})" for c in data["changes"]
@@ -327,8 +341,8 @@ def guide_blocks(data: dict) -> list:
              "'matched' to the guided edit's latent distance."),
         matrix_table(data["summary"], "method (mean over changes)"),
         Table(["change", "guide reached target", "judge success on the reconstruction (before)",
-               "judge success: guided", "mean diff. matched", "mean diff. full", "guided other |Δp|",
-               "guided PSNR dB"], rows)]
+               "judge success: guided", "mean diff. matched", "mean diff. full", "other attributes |Δp|: guided",
+               "matched", "grey levels outside the attribute's area: guided", "matched", "guided PSNR dB"], rows)]
 
 
 def identity_blocks(data: dict) -> list:
