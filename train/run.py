@@ -28,9 +28,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from loaders import Loader, make_loader
 from loaders.shards import first_images
-from model import VAE, bits_per_dim, create_vae, harmonic_metric
+from model import VAE, bits_per_dim, harmonic_metric
 from model.io import save_vae
-from model.vae import recentre_codes
+from model.vae import VAEConfig, recentre_codes
 from model.split_pass import split_sums, summarize
 from train.checkpoint import VAE_FOLDER, checkpoint_name, commit_checkpoint, latest_checkpoint, partial_path
 from train.config import TrainConfig, parse_config
@@ -141,7 +141,7 @@ class Run:
             self.metrics_file.flush()
 
 
-def setup(cfg: TrainConfig) -> Run:
+def setup(cfg: TrainConfig, model_cfg: VAEConfig) -> Run:
     if cfg.minutes and cfg.warmup_steps < 3:
         raise SystemExit("--minutes plans the step count during the LR warm-up: use --warmup-steps 3 or more")
     on_cuda = torch.cuda.is_available()
@@ -160,12 +160,11 @@ def setup(cfg: TrainConfig) -> Run:
     valid_loader = make_loader(cfg.loader, shards / "valid", cfg.batch_size, device, rank=rank, world_size=world,
                                seed=cfg.seed, shuffle=False, drop_last=False, num_workers=cfg.num_workers)
 
-    overrides = {"model": cfg.model} | ({"likelihood": cfg.likelihood} if cfg.likelihood else {})
-    overrides |= {"latent_dim": cfg.latent_dim} if cfg.latent_dim else {}
-    vae = create_vae(cfg.preset, **overrides).to(device)
+    vae = VAE(model_cfg).to(device)
     perceptual = build_perceptual(cfg.perceptual, device) if cfg.perceptual else None
     objective = VAEObjective(vae, perceptual, cfg.perceptual_weight)
-    adversarial = AdversarialPhases(vae, cfg.aae_lambda, cfg.weight_decay, cfg.grad_clip) if cfg.model == "aae" else None
+    adversarial = (AdversarialPhases(vae, cfg.aae_lambda, cfg.weight_decay, cfg.grad_clip)
+                   if model_cfg.model == "aae" else None)
     autoencoder = [p for name, p in vae.named_parameters() if not name.startswith("discriminator.")]
     decay = [p for p in autoencoder if p.ndim >= 2]
     no_decay = [p for p in autoencoder if p.ndim < 2]
@@ -217,9 +216,15 @@ def compiles(cfg: TrainConfig) -> bool:
     return cfg.compile == "on" or (cfg.compile == "auto" and torch.cuda.is_available())
 
 
+def model_config(cfg: TrainConfig) -> VAEConfig:
+    overrides = {"model": cfg.model} | ({"likelihood": cfg.likelihood} if cfg.likelihood else {})
+    overrides |= {"latent_dim": cfg.latent_dim} if cfg.latent_dim else {}
+    return VAEConfig.from_preset(cfg.preset, **overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
-    run = setup(cfg)
+    run = setup(cfg, model_config(cfg))
     if run.figure_images is not None and run.state.step == 0:  # what the prior gives before any training
         save_samples(run.out / "figures" / "samples_init.png", run.vae.eval(), cfg.seed,
                      "prior samples z = temp * eps, before training")
