@@ -357,17 +357,21 @@ class VAE(nn.Module):
 
     @staticmethod
     def reparameterize(
-        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I); pass a generator (on mu's device) for seeded draws."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        """z = mu + sigma * eps, eps ~ N(0, I): given (the trainer's noise keyed by image), or drawn here (pass a
+        generator on mu's device for seeded draws)."""
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def forward(
-        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
+        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> VAEOutput:
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, generator) if sample_posterior and logvar is not None else mu
+        z = self.reparameterize(mu, logvar, generator, eps) if sample_posterior and logvar is not None else mu
         x_mean, x_params = self.decode(z)
         if self.cfg.likelihood == "gaussian_shared" and self.training:
             # sigma-VAE: the batch's closed-form optimal sigma^2 = MSE over every sub-pixel of the batch.

@@ -18,8 +18,8 @@ from train.perceptual import PerceptualError, build_perceptual
 from train.run import NonFiniteLoss, main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "tiny", "--loader", "resident", "--batch-size", "16", "--warmup-steps", "5",
-        "--log-every", "2", "--kl-anneal-steps", "20", "--compile", "off", "--precision", "fp32"]
+TINY = ["--preset", "tiny", "--loader", "resident", "--batch-size", "16", "--warmup-images", "80",
+        "--log-every", "2", "--kl-anneal-images", "320", "--compile", "off", "--precision", "fp32"]
 
 
 def _run(shards: Path, out: Path, *flags: str) -> None:
@@ -83,17 +83,15 @@ def test_loss_falls_and_run_writes_figures_metrics_and_a_loadable_checkpoint(syn
     assert summary["ranks_in_sync"] and summary["world_size"] == 1
 
 
-def test_resume_equals_uninterrupted(synthetic_shards, tmp_path, monkeypatch):
-    import train.run
-
+def test_resume_equals_uninterrupted(synthetic_shards, tmp_path):
     # 14 steps cross an epoch boundary (the synthetic train split gives about 12 batches of 16) and the stop
-    # at step 5 is mid-epoch, so loader position, RNG, optimizer, scheduler and EMA state all matter; the codes
+    # at step 5 is mid-epoch, so loader position, noise, optimizer, schedules and EMA state all matter; the codes
     # are recentred every 3 steps, so the stop also falls between two recentrings (the code sums resume).
-    monkeypatch.setattr(train.run, "CENTRE_EVERY", 3)
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    _run(synthetic_shards, straight, "--epochs", "3", "--max-steps", "14", "--no-figures")
-    _run(synthetic_shards, stopped, "--epochs", "3", "--max-steps", "5", "--no-figures")
-    _run(synthetic_shards, stopped, "--epochs", "3", "--max-steps", "14", "--no-figures", "--resume", "latest")
+    flags = ("--epochs", "3", "--no-figures", "--recentre-images", "48")
+    _run(synthetic_shards, straight, *flags, "--max-steps", "14")
+    _run(synthetic_shards, stopped, *flags, "--max-steps", "5")
+    _run(synthetic_shards, stopped, *flags, "--max-steps", "14", "--resume", "latest")
     a = _training_weights(list_checkpoints(straight)[-1])
     b = _training_weights(list_checkpoints(stopped)[-1])
     assert list_checkpoints(stopped)[-1].name == "step-0000014"

@@ -28,20 +28,24 @@ class TrainConfig:
     # | gaussian_shared | gaussian_rgb | logistic_mixture | categorical | bernoulli
     likelihood: str = ""
     # optimisation
-    batch_size: int = 32  # per process; the seed warns that very large batches collapse to the mean
+    # all processes together (each loads batch_size / processes); the seed warns that very large batches collapse
+    # to the mean
+    batch_size: int = 32
     epochs: int = 10
     minutes: float = 0.0  # > 0: train to this wall-clock budget instead of --epochs (the step count is planned)
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = run all epochs)
     lr: float = 2e-4
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 500
+    warmup_images: int = 16_000  # the LR's linear warm-up, in training images (schedules follow images seen)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # every this many training images the codes are moved to their mean since the last time (model.vae.recentre_codes)
+    recentre_images: int = 3200
     # KL: loss = NLL + beta * w(step) * KL, with w the annealing weight in [0, 1]
     beta: float = 1.0
     kl_anneal: str = "linear"  # linear | cyclical | none
-    kl_anneal_steps: int = 2000  # linear: ramp length; cyclical: period
+    kl_anneal_images: int = 64_000  # linear: ramp length; cyclical: period (training images)
     kl_cycle_ramp: float = 0.5  # cyclical: fraction of each period spent ramping
     # optional perceptual loss: torchvision:<arch> (weights from the local torch cache) | classifier:<ckpt>
     perceptual: str = ""
