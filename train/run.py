@@ -1,8 +1,12 @@
 """Train the CelebA VAE. Launch with Accelerate (one GPU, many GPUs, many nodes) or plainly:
 
-    accelerate launch train/run.py --shards shards --out runs/base --preset base --loader dali
-    python train/run.py --shards shards --out runs/tiny --preset tiny --epochs 2                # CPU
+    accelerate launch train/run.py --shards shards --out runs/vae                  # the gpu recipe on CUDA
+    python train/run.py --shards shards --out runs/cpu                             # the cpu recipe on a CPU
+    python train/run.py --shards shards --out runs/tiny --preset tiny --epochs 2   # any flag replaces the recipe's
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 train/run.py --shards shards ...         # 2 CPU ranks
+
+The recipe (train/recipes.py) follows the device unless --recipe names one; every TrainConfig and VAEConfig field
+is a flag.
 
 `--batch-size` is the global batch: each of N processes loads 1/N of it, and the schedules (warm-up, KL ramp,
 recentring) follow the images seen, so 1, 2 or 8 processes train the same curve, draw the same noise for an
@@ -15,6 +19,7 @@ the EMA weights, figures), then `finish`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -29,7 +34,7 @@ if __package__ in (None, ""):  # `accelerate launch train/run.py` runs this file
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save_file
@@ -44,7 +49,8 @@ from model.noise import image_seeds
 from model.split_pass import split_sums, summarize
 from model.vae import VAEConfig, recentre_codes
 from train.checkpoint import VAE_FOLDER, checkpoint_name, commit_checkpoint, latest_checkpoint, partial_path
-from train.config import TrainConfig, parse_config
+from train.config import TrainConfig
+from train.recipes import RecipeChoice, resolve
 from train.figures import save_samples, write_figures
 from train.objective import EMA, STAT_NAMES, AdversarialPhases, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
@@ -58,6 +64,7 @@ VALID_BATCH_SCALE = 4
 FIGURE_SECONDS = 1.0  # per epoch, the figures (rank 0)
 TRAINER_STATE = "trainer.pt"  # in a run checkpoint: optimizer(s), position, logs, each rank's running sums
 TRAINING_WEIGHTS = "model.safetensors"  # in a run checkpoint: the trained (non-EMA) weights, the VAE's own keys
+TRACKER_PROJECT = "celeba-vae"  # --report-to: the W&B project; TensorBoard writes to OUT/celeba-vae/
 
 
 class NonFiniteLoss(RuntimeError):
@@ -119,6 +126,7 @@ class Run:
     """Everything the loop touches, built once by `setup`."""
 
     cfg: TrainConfig
+    choice: RecipeChoice
     accelerator: Accelerator
     train_loader: Loader
     valid_loader: Loader
@@ -173,10 +181,12 @@ class Run:
             self.metrics_file.flush()
 
 
-def setup(cfg: TrainConfig, model_cfg: VAEConfig) -> Run:
+def setup(cfg: TrainConfig, model_cfg: VAEConfig, choice: RecipeChoice) -> Run:
     on_cuda = torch.cuda.is_available()
     precision = {"auto": "bf16" if on_cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.precision]
-    accelerator = Accelerator(mixed_precision=precision)
+    trackers = None if cfg.report_to == "none" else cfg.report_to
+    accelerator = Accelerator(mixed_precision=precision, log_with=trackers,
+                              project_config=ProjectConfiguration(project_dir=cfg.out))
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     check_launch(cfg, world)
     set_seed(cfg.seed)  # the same initial weights on every rank; the training noise is keyed by image
@@ -193,9 +203,14 @@ def setup(cfg: TrainConfig, model_cfg: VAEConfig) -> Run:
     valid_loader = make_loader(cfg.loader, shards / "valid", per_rank * VALID_BATCH_SCALE, device, rank=rank,
                                world_size=world, seed=cfg.seed, shuffle=False, drop_last=False,
                                num_workers=cfg.num_workers)
+    record = {**choice.record(), **dataclasses.asdict(cfg), **model_cfg.to_dict()}
     if accelerator.is_main_process:
+        console.print(choice.line())
         cfg.out_path.mkdir(parents=True, exist_ok=True)
-        (cfg.out_path / "config.json").write_text(cfg.to_json() + "\n")
+        (cfg.out_path / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    # Trackers take flat scalars and strings: tuples (channels, ranges) and None as their text.
+    accelerator.init_trackers(TRACKER_PROJECT, {key: value if isinstance(value, (bool, int, float, str)) else
+                                                str(value) for key, value in record.items()})
 
     vae = VAE(model_cfg).to(device)
     perceptual = build_perceptual(cfg.perceptual, device) if cfg.perceptual else None
@@ -224,8 +239,8 @@ def setup(cfg: TrainConfig, model_cfg: VAEConfig) -> Run:
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
                         disable=not main_process)
     bar = progress.add_task("train", total=len(train_loader), epoch=0, stats="")
-    run = Run(cfg, accelerator, train_loader, valid_loader, vae, ema, ema_vae, train_step, optimizer, adversarial,
-              state, LogWindow(), progress, bar,
+    run = Run(cfg, choice, accelerator, train_loader, valid_loader, vae, ema, ema_vae, train_step, optimizer,
+              adversarial, state, LogWindow(), progress, bar,
               open(cfg.out_path / "metrics.jsonl", "a") if main_process else None,
               # The first 16 test images, fixed across epochs: 8 to reconstruct, 4 pairs to interpolate between.
               first_images(shards / "test", 16).to(device) if cfg.figures and main_process else None)
@@ -298,16 +313,12 @@ def compiles(cfg: TrainConfig) -> bool:
     return cfg.compile == "on" or (cfg.compile == "auto" and torch.cuda.is_available())
 
 
-def model_config(cfg: TrainConfig) -> VAEConfig:
-    overrides = {"model": cfg.model} | ({"likelihood": cfg.likelihood} if cfg.likelihood else {})
-    overrides |= {"latent_dim": cfg.latent_dim} if cfg.latent_dim else {}
-    return VAEConfig.from_preset(cfg.preset, **overrides)
-
-
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(argv)
+    on_cuda = torch.cuda.is_available()
+    cfg, model_cfg, choice = resolve(argv, "cuda" if on_cuda else "cpu",
+                                     torch.cuda.get_device_name() if on_cuda else "")
     try:
-        run = setup(cfg, model_config(cfg))
+        run = setup(cfg, model_cfg, choice)
     except UserError as err:
         return report_user_error(err) if PartialState().is_main_process else 1
     train(run)
@@ -454,6 +465,8 @@ def log_steps(run: Run) -> None:
               "data_wait_share": window.waited / elapsed}
     state.steps_log.append(record)
     run.log_record(record)
+    run.accelerator.log({f"train/{key}": value for key, value in record.items() if key not in ("kind", "step")},
+                        step=state.step)
     run.progress.update(run.bar, stats=(f"loss {record['loss']:.1f} nll {record['gaussian_nll']:.1f} "
                                         f"kl {record['kl']:.1f} bpd {record['bpd']:.3f} "
                                         f"{record['images_per_s']:.0f} img/s wait {100 * record['data_wait_share']:.1f}%"))
@@ -475,6 +488,8 @@ def end_of_epoch(run: Run) -> None:
     state.epochs_log.append(record)
     state.epoch_sums.zero_()
     run.log_record(record)
+    run.accelerator.log({f"{split}_epoch/{key}": value for split in ("train", "valid")
+                         for key, value in record[split].items() if isinstance(value, (int, float))}, step=state.step)
     if accelerator.is_main_process:
         if run.vae.cfg.point_latent:  # no KL, so no ELBO, bits/dim or H
             console.print(f"epoch {record['epoch']}: valid NLL at z = mu {valid['discretized_nll']:.1f} "
@@ -506,7 +521,7 @@ def save_checkpoint(run: Run) -> Path:
                     "state": state.state_dict(rank_sums.cpu()), "batch_size": cfg.batch_size,
                     "world_size": accelerator.num_processes}, partial / TRAINER_STATE)
         meta = {"step": state.step, "epoch": state.epoch, "images": run.images, "shards": cfg.shards,
-                "dataset": run.train_loader.split.dataset}
+                "dataset": run.train_loader.split.dataset, **run.choice.record()}
         save_vae(partial / VAE_FOLDER, run.vae, meta, state_dict=run.ema.state_dict())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
