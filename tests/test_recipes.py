@@ -174,7 +174,8 @@ def test_tensorboard_receives_the_logged_metrics(synthetic_shards, tmp_path):
     events = EventAccumulator(str(out / "celeba-vae")).Reload()
     for name in ("loss", "kl", "lr", "kl_weight", "bpd"):
         logged = events.Scalars(f"train/{name}")
-        assert [e.step for e in logged] == [r["step"] for r in steps], name
+        assert [e.step for e in logged] == [r["images"] for r in steps], name  # the x-axis: images seen
         assert [e.value for e in logged] == pytest.approx([r[name] for r in steps], rel=1e-6), name
+    assert [e.value for e in events.Scalars("train/step")] == [r["step"] for r in steps]
     (valid,) = events.Scalars("valid_epoch/bpd")
-    assert (valid.step, valid.value) == (epochs[0]["step"], pytest.approx(epochs[0]["valid"]["bpd"], rel=1e-6))
+    assert (valid.step, valid.value) == (epochs[0]["step"] * 16, pytest.approx(epochs[0]["valid"]["bpd"], rel=1e-6))

@@ -465,8 +465,9 @@ def log_steps(run: Run) -> None:
               "data_wait_share": window.waited / elapsed}
     state.steps_log.append(record)
     run.log_record(record)
-    run.accelerator.log({f"train/{key}": value for key, value in record.items() if key not in ("kind", "step")},
-                        step=state.step)
+    # The trackers' x-axis is the images seen, the schedules' clock, so runs with other batches line up.
+    run.accelerator.log({f"train/{key}": value for key, value in record.items() if key not in ("kind", "images")},
+                        step=run.images)
     run.progress.update(run.bar, stats=(f"loss {record['loss']:.1f} nll {record['gaussian_nll']:.1f} "
                                         f"kl {record['kl']:.1f} bpd {record['bpd']:.3f} "
                                         f"{record['images_per_s']:.0f} img/s wait {100 * record['data_wait_share']:.1f}%"))
@@ -489,7 +490,7 @@ def end_of_epoch(run: Run) -> None:
     state.epoch_sums.zero_()
     run.log_record(record)
     run.accelerator.log({f"{split}_epoch/{key}": value for split in ("train", "valid")
-                         for key, value in record[split].items() if isinstance(value, (int, float))}, step=state.step)
+                         for key, value in record[split].items() if isinstance(value, (int, float))}, step=run.images)
     if accelerator.is_main_process:
         if run.vae.cfg.point_latent:  # no KL, so no ELBO, bits/dim or H
             console.print(f"epoch {record['epoch']}: valid NLL at z = mu {valid['discretized_nll']:.1f} "
