@@ -52,8 +52,8 @@ GPU = Recipe("gpu", preset="gpu", train=dict(
     batch_size=128,
     # The CPU recipe's 2e-3 at batch 32, x2 for the 4x batch (Adam's square-root batch scaling), /4 for hidden
     # layers 8x wider than the cpu preset's: an Adam step moves a layer's outputs in proportion to its fan-in, so
-    # muP scales the rate by 1/width; only the hidden layers widen (stem, heads and the Linears to and from the
-    # latent keep their shapes), hence less than the full 1/8.
+    # muP scales the rate by 1/width; the stem (fan-in 27) and the Linear to the latent (fan-in 8*8*16) keep their
+    # fan-in, hence less than the full 1/8.
     lr=1e-3,
     # 64,000 images (500 steps, 0.4 epoch): Adam's second-moment estimates settle over steps, so 5x the CPU
     # recipe's 100 steps for the larger rate and network.
