@@ -43,23 +43,25 @@ def test_adversarial_phases_update_only_the_discriminator_and_the_encoder(aae_la
     assert codes.shape == (4, 8) and not codes.requires_grad and stats[-3:].eq(0).all()
     before = {name: p.detach().clone() for name, p in vae.named_parameters()}
     phases = AdversarialPhases(vae, aae_lambda, weight_decay=0.0, grad_clip=1.0)
-    generator_loss, critic_loss, accuracy = phases.step(images, codes, lr=1e-3, reduce=lambda t: t).tolist()
+    generator_loss, critic_loss, accuracy = phases.step(images, codes, torch.randn_like(codes), lr=1e-3,
+                                                        reduce=lambda t: t).tolist()
     assert generator_loss > 0 and critic_loss > 0 and 0 <= accuracy <= 1
     changed = {name.split(".")[0] for name, p in vae.named_parameters() if not torch.equal(p, before[name])}
     assert changed == ({"discriminator", "encoder"} if moves else set())
     assert all(p.grad is None for p in vae.parameters())
 
 
-def test_kl_annealing_and_lr_schedules():
+def test_kl_annealing_and_lr_schedules_in_images():
     assert kl_weight(0, "linear", 1.0, 100, 0.5) == 0.0
     assert kl_weight(50, "linear", 2.0, 100, 0.5) == pytest.approx(1.0)
     assert kl_weight(500, "linear", 2.0, 100, 0.5) == 2.0
     assert [kl_weight(s, "cyclical", 1.0, 100, 0.5) for s in (0, 25, 50, 99, 100, 125)] == [0, 0.5, 1, 1, 0, 0.5]
     assert kl_weight(3, "none", 0.7, 100, 0.5) == 0.7
-    assert lr_factor(0, 10, 110, 0.1) == pytest.approx(0.1)
-    assert lr_factor(9, 10, 110, 0.1) == pytest.approx(1.0)
-    assert lr_factor(60, 10, 110, 0.1) == pytest.approx(0.55)  # half-way down the cosine
-    assert lr_factor(110, 10, 110, 0.1) == pytest.approx(0.1)
+    # The rate of the step that completes `images` images: batches of 16 warm up over 160 images in 10 steps.
+    assert lr_factor(16, 160, 1760, 0.1) == pytest.approx(0.1)
+    assert lr_factor(160, 160, 1760, 0.1) == pytest.approx(1.0)
+    assert lr_factor(960, 160, 1760, 0.1) == pytest.approx(0.55)  # half-way down the cosine
+    assert lr_factor(1760, 160, 1760, 0.1) == pytest.approx(0.1)
 
 
 def test_loss_falls_and_run_writes_figures_metrics_and_a_loadable_checkpoint(synthetic_shards, tmp_path):
@@ -106,7 +108,7 @@ def test_resume_equals_uninterrupted(synthetic_shards, tmp_path):
 
 def test_minutes_budget_ends_at_the_planned_step_with_a_validated_last_epoch(synthetic_shards, tmp_path):
     out = tmp_path / "budget"
-    _run(synthetic_shards, out, "--minutes", "0.05", "--warmup-steps", "5", "--no-figures")
+    _run(synthetic_shards, out, "--minutes", "0.05", "--warmup-images", "80", "--no-figures")
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["planned_steps"] >= 5 and summary["step"] == summary["planned_steps"]
     steps_per_epoch = json.loads((synthetic_shards / "dataset.json").read_text())["counts"]["train"] // 16
@@ -119,7 +121,7 @@ def test_minutes_budget_ends_at_the_planned_step_with_a_validated_last_epoch(syn
 def test_minutes_plan_is_recorded_and_resumes_exactly(synthetic_shards, tmp_path, monkeypatch):
     import train.run
 
-    flags = ("--minutes", "0.2", "--warmup-steps", "5", "--no-figures")
+    flags = ("--minutes", "0.2", "--warmup-images", "80", "--no-figures")
     stopped, straight = tmp_path / "stopped", tmp_path / "straight"
     _run(synthetic_shards, stopped, *flags, "--max-steps", "6")  # planned after 4 steps, stopped at 6
     planned = json.loads((stopped / "train_summary.json").read_text())["planned_steps"]
@@ -193,7 +195,7 @@ def test_two_compiled_bf16_processes_stay_in_sync_and_resume(synthetic_shards, t
     assert summary["world_size"] == 2 and summary["ranks_in_sync"]
     assert [p.name for p in list_checkpoints(out)] == [f"step-{summary['step']:07d}"]
     dataset = json.loads((synthetic_shards / "dataset.json").read_text())
-    steps = dataset["counts"]["train"] // (2 * 16)  # each rank takes half of every epoch
+    steps = dataset["counts"]["train"] // 16  # a global batch of 16: 8 on each rank
     assert summary["last_epoch"]["valid"]["images"] == dataset["counts"]["valid"]
     _check_gpu_path_run(out, synthetic_shards, summary, steps)
     summary = _torchrun(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--no-figures", "--resume", "latest")
@@ -205,12 +207,18 @@ def test_non_finite_loss_stops_with_the_last_good_state(synthetic_shards, tmp_pa
     import train.run
 
     schedule = train.run.kl_weight  # a non-finite KL weight at step 3 makes the loss non-finite there
-    monkeypatch.setattr(train.run, "kl_weight", lambda step, *args: math.nan if step == 3 else schedule(step, *args))
-    out = tmp_path / "nan"
-    with pytest.raises(NonFiniteLoss, match=r"step 3 .*step-0000003"):
-        _run(synthetic_shards, out, "--epochs", "1", "--no-figures")
+    monkeypatch.setattr(train.run, "kl_weight",
+                        lambda images, *args: math.nan if images == 3 * 16 else schedule(images, *args))
+    out, straight = tmp_path / "nan", tmp_path / "straight"
+    # The flag is read every --log-every steps: the run notices at step 4 and saves the state before step 3.
+    with pytest.raises(NonFiniteLoss, match=r"step 3;.*step-0000003"):
+        _run(synthetic_shards, out, "--epochs", "1", "--no-figures", "--log-every", "4")
     weights = _training_weights(list_checkpoints(out)[-1])
     assert all(torch.isfinite(value).all() for value in weights.values())
+    monkeypatch.setattr(train.run, "kl_weight", schedule)
+    _run(synthetic_shards, straight, "--epochs", "1", "--no-figures", "--max-steps", "3")
+    for name, value in _training_weights(list_checkpoints(straight)[-1]).items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)  # the last good state, exactly
 
 
 def test_checkpoint_errors_name_the_path(tmp_path, synthetic_shards):
