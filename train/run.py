@@ -48,7 +48,7 @@ from train.config import TrainConfig, parse_config
 from train.figures import save_samples, write_figures
 from train.objective import EMA, STAT_NAMES, AdversarialPhases, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
-from train.step import TrainStep
+from train.step import TrainStep, make_optimizer
 
 console = Console()
 CALIBRATION_STEPS = 30  # --minutes: steps timed before planning (fewer if the warm-up is shorter)
@@ -202,12 +202,7 @@ def setup(cfg: TrainConfig, model_cfg: VAEConfig) -> Run:
     objective = VAEObjective(vae, perceptual, cfg.perceptual_weight)
     adversarial = (AdversarialPhases(vae, cfg.aae_lambda, cfg.weight_decay, cfg.grad_clip)
                    if model_cfg.model == "aae" else None)
-    autoencoder = [p for name, p in vae.named_parameters() if not name.startswith("discriminator.")]
-    decay = [p for p in autoencoder if p.ndim >= 2]
-    no_decay = [p for p in autoencoder if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99),
-                                  fused=True)  # one kernel per step; the CPU has it too, so the tests run it
+    optimizer = make_optimizer(vae, cfg.lr, cfg.weight_decay)
     ema = EMA(vae, cfg.ema_decay)
     ema_vae = copy.deepcopy(vae).eval().requires_grad_(False)
 
