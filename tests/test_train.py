@@ -178,6 +178,7 @@ def _script(shards: Path, out: Path, *flags: str) -> dict:
     return json.loads((out / "train_summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_compiled_bf16_training_on_the_cpu_resumes_and_evaluates(synthetic_shards, tmp_path):
     """torch.compile of the objective (inductor's CPU backend) and bf16 autocast through Accelerate."""
     out = tmp_path / "compiled"
@@ -188,6 +189,7 @@ def test_compiled_bf16_training_on_the_cpu_resumes_and_evaluates(synthetic_shard
     _check_gpu_path_run(out, synthetic_shards, summary, 6)
 
 
+@pytest.mark.slow
 def test_two_compiled_bf16_processes_stay_in_sync_and_resume(synthetic_shards, tmp_path):
     """Compile once, then DDP, in a real 2-process run of one epoch; resumed for a second by another such run."""
     out = tmp_path / "ddp"
@@ -283,3 +285,121 @@ def test_train_bench_times_variants_loaders_and_a_whole_epoch(synthetic_shards, 
     assert result["rows"][0]["gflops"] == pytest.approx(result["rows"][0]["images_per_s"] * 0.474, rel=0.01)
     train_count = json.loads((synthetic_shards / "dataset.json").read_text())["counts"]["train"]
     assert result["epoch"]["epoch_images"] == train_count // 16 * 16 and result["epoch"]["epoch_seconds"] > 0
+
+
+def test_noise_is_keyed_by_image_not_by_batch_or_rank():
+    """Every image draws its own eps (no two images, so no two ranks, share draws), the same wherever it sits in
+    a batch, however many draws are taken; it changes with the epoch and the seed; the draws are standard normal."""
+    from model.noise import PRIOR, image_seeds, keyed_normal
+
+    keys = [f"{i:06d}" for i in range(512)]
+    seeds = image_seeds(keys, 0, "cpu", epoch=1)
+    eps = keyed_normal(seeds, 2, 64)
+    assert eps.shape == (2, 512, 64)
+    half = keyed_normal(image_seeds(keys[256:][::-1], 0, "cpu", epoch=1), 1, 64)[0]  # "rank 1", reversed
+    assert torch.equal(half, eps[0, 256:].flip(0))
+    assert not torch.equal(eps[0, :256], eps[0, 256:])  # the two halves ("ranks") draw differently
+    assert len(torch.unique(eps[0, :, 0])) == 512
+    assert not torch.equal(eps[0], keyed_normal(image_seeds(keys, 0, "cpu", epoch=2), 1, 64)[0])
+    assert not torch.equal(eps[0], keyed_normal(image_seeds(keys, 1, "cpu", epoch=1), 1, 64)[0])
+    assert not torch.equal(eps[0], keyed_normal(seeds, 1, 64, PRIOR)[0])
+    flat = eps.flatten().double()
+    assert abs(flat.mean()) < 0.01 and abs(flat.std() - 1) < 0.01
+    assert abs((flat**4).mean() - 3) < 0.05 and abs((flat.abs() < 1).double().mean() - 0.6827) < 0.005
+
+
+def test_launches_that_cannot_work_stop_with_one_line(synthetic_shards, tmp_path, capsys):
+    def fails(*flags: str) -> str:
+        code = train_main(["--shards", str(synthetic_shards), "--out", str(tmp_path / "run"), *TINY, *flags])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1, err
+        return err
+
+    assert "--batch-size is the global batch" in fails("--batch-size", "4096")
+    assert "--warmup-images 48 or more" in fails("--minutes", "1", "--warmup-images", "16")
+    assert "lacks model.safetensors" in fails("--resume", str(tmp_path / "nowhere"))
+    assert "--out must be a folder all nodes share" in fails("--resume", str(tmp_path / "nowhere"))
+    _run(synthetic_shards, tmp_path / "run", "--epochs", "1", "--max-steps", "1", "--no-figures")
+    assert "latent_dim 128 (checkpoint) vs 64 (this launch)" in fails("--resume", "latest", "--latent-dim", "64")
+    assert "use --batch-size 16" in fails("--resume", "latest", "--batch-size", "32")
+    partial = list_checkpoints(tmp_path / "run")[-1]
+    (partial / "trainer.pt").unlink()  # an interrupted copy, or another node's view of a node-local folder
+    assert f"{partial} lacks trainer.pt" in fails("--resume", str(partial))
+
+
+def _weights_change(a: dict, b: dict, start: dict) -> float:
+    """|a - b| / |a - start| over all floating-point tensors: how far two runs from `start` ended apart,
+    relative to how far they moved."""
+    names = [n for n in a if a[n].is_floating_point()]
+    apart = sum(float((a[n].double() - b[n].double()).square().sum()) for n in names)
+    moved = sum(float((a[n].double() - start[n].double()).square().sum()) for n in names)
+    return math.sqrt(apart / moved)
+
+
+def _initial_weights() -> dict[str, torch.Tensor]:
+    from accelerate.utils import set_seed
+
+    from model import create_vae
+
+    set_seed(0)  # what setup does before building the model
+    return create_vae("tiny").state_dict()
+
+
+def _port_torchrun(shards: Path, out: Path, port: int, *flags: str) -> dict:
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port),
+               str(REPO / "train" / "run.py"), "--shards", str(shards), "--out", str(out), *TINY, *flags]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "train_summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_train_alike_and_resume_each_other(synthetic_shards, tmp_path):
+    """A global batch of 16 as 16 on one process or 8 + 8 on two: the same images, the same keyed noise and
+    schedules, so the same training up to the order of float sums. Two ranks stopped and resumed equal the
+    uninterrupted two-rank run bit for bit (the stop at step 3 falls between two recentrings, so each rank's
+    code sums must come back); a two-rank checkpoint resumes on one process and a one-process checkpoint on two,
+    at the same images seen."""
+    import shutil
+
+    flags = ("--epochs", "2", "--no-figures", "--recentre-images", "32")  # recentred at steps 2, 4, 6
+    one, one_stopped, two, two_stopped = (tmp_path / name for name in ("one", "one3", "two", "two3"))
+    _run(synthetic_shards, one, *flags, "--max-steps", "6")
+    _run(synthetic_shards, one_stopped, *flags, "--max-steps", "3")
+    _port_torchrun(synthetic_shards, two, 29521, *flags, "--max-steps", "6")
+    _port_torchrun(synthetic_shards, two_stopped, 29522, *flags, "--max-steps", "3")
+    two_to_one, one_to_two = tmp_path / "two-to-one", tmp_path / "one-to-two"
+    shutil.copytree(two_stopped, two_to_one)
+    shutil.copytree(one_stopped, one_to_two)
+    summary = _port_torchrun(synthetic_shards, two_stopped, 29523, *flags, "--max-steps", "6", "--resume", "latest")
+    assert summary["step"] == 6 and summary["images"] == 96 and summary["ranks_in_sync"]
+    _run(synthetic_shards, two_to_one, *flags, "--max-steps", "6", "--resume", "latest")
+    _port_torchrun(synthetic_shards, one_to_two, 29524, *flags, "--max-steps", "6", "--resume", "latest")
+
+    final = {name: _training_weights(list_checkpoints(run)[-1])
+             for name, run in (("one", one), ("two", two), ("two resumed", two_stopped), ("two to one", two_to_one),
+                               ("one to two", one_to_two))}
+    assert all(list_checkpoints(run)[-1].name == "step-0000006"
+               for run in (one, two, two_stopped, two_to_one, one_to_two))
+    for name, value in final["two"].items():
+        torch.testing.assert_close(final["two resumed"][name], value, rtol=0, atol=0, msg=name)
+    start = _initial_weights()
+    for other in ("two", "two to one", "one to two"):  # float sums in another order only
+        assert _weights_change(final["one"], final[other], start) < 1e-3, other
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first, then", [("on", "off"), ("off", "on")])
+def test_compiled_and_eager_checkpoints_resume_each_other(synthetic_shards, tmp_path, first, then):
+    """The checkpoint holds the VAE's own keys, not the compiled module's (`_orig_mod.`): a compiled run resumes
+    eager and an eager one compiled, at the same step, training on as the uninterrupted run does (to the
+    compiler's rounding)."""
+    flags = ("--epochs", "2", "--no-figures")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    _run(synthetic_shards, straight, *flags, "--max-steps", "4")
+    _run(synthetic_shards, stopped, *flags, "--max-steps", "2", "--compile", first)
+    _run(synthetic_shards, stopped, *flags, "--max-steps", "4", "--compile", then, "--resume", "latest")
+    a, b = (_training_weights(list_checkpoints(run)[-1]) for run in (straight, stopped))
+    assert list_checkpoints(stopped)[-1].name == "step-0000004" and a.keys() == b.keys()
+    assert _weights_change(a, b, _initial_weights()) < 1e-3
