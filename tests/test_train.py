@@ -403,3 +403,64 @@ def test_compiled_and_eager_checkpoints_resume_each_other(synthetic_shards, tmp_
     a, b = (_training_weights(list_checkpoints(run)[-1]) for run in (straight, stopped))
     assert list_checkpoints(stopped)[-1].name == "step-0000004" and a.keys() == b.keys()
     assert _weights_change(a, b, _initial_weights()) < 1e-3
+
+
+def test_the_training_step_never_reads_a_device_value_on_the_host(monkeypatch):
+    """TrainStep (noise, objective, clip, fused AdamW, EMA, sums) with every way of reading a tensor's value on the
+    host made to fail (on a GPU each would wait for the device): two steps, the second non-finite, run through;
+    the skip flag is read afterwards, when the trainer looks (and the non-finite step changed no weight)."""
+    from accelerate import Accelerator
+
+    from model import create_vae
+    from model.noise import image_seeds
+    from train.objective import EMA
+    from train.step import TrainStep, make_optimizer
+
+    accelerator = Accelerator(mixed_precision="no")
+    torch.manual_seed(0)
+    vae = create_vae("tiny", latent_dim=8)
+    module, optimizer = accelerator.prepare(VAEObjective(vae), make_optimizer(vae, 1e-3, 0.01))
+    ema = EMA(vae, 0.999)
+    step = TrainStep(vae, module, optimizer, ema, accelerator, grad_clip=1.0)
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    seeds = image_seeds(["a", "b", "c", "d"], 0, "cpu", epoch=0)
+    step(images, seeds, 0, 0.5, 1e-3)  # the optimizer's state is made here
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("the training step read a device value on the host")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    step(images, seeds, 1, 0.5, 1e-3)
+    weights = {name: value.clone() for name, value in vae.state_dict().items()}
+    averaged = {name: value.clone() for name, value in ema.state_dict().items()}
+    step(images, seeds, 2, math.nan, 1e-3)
+    monkeypatch.undo()
+    assert step.first_bad_step() == 2
+    for name, value in vae.state_dict().items():
+        assert torch.equal(value, weights[name]) and torch.equal(ema.state_dict()[name], averaged[name]), name
+
+
+# The shared-sigma and RGB-covariance decoders still fold their running estimate in with float(): a graph break
+# (and, on a GPU, a sync) that the likelihood objects remove; they join this list then.
+ONE_GRAPH_LIKELIHOODS = ("gaussian_learned", "gaussian_fixed", "logistic_mixture", "categorical", "bernoulli")
+
+
+@pytest.mark.parametrize("likelihood", ONE_GRAPH_LIKELIHOODS)
+def test_the_objective_compiles_to_one_graph(likelihood):
+    """The training objective with its keyed noise and a tensor KL weight traces into one graph with
+    fullgraph=True (no graph break, so nothing in it waits on the host; the graph break is TorchDynamo's, so its
+    eager backend shows it without the minutes of code generation) and computes what the eager objective does."""
+    from model import create_vae
+    from model.noise import image_seeds, keyed_normal
+
+    torch.manual_seed(0)
+    vae = create_vae("tiny", likelihood=likelihood, latent_dim=8)
+    objective = VAEObjective(vae)
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    eps = keyed_normal(image_seeds(["a", "b"], 0, "cpu", epoch=0), 1, 8)[0]
+    loss, stats, codes = torch.compile(objective, fullgraph=True, backend="eager")(images, torch.tensor(0.5), eps)
+    loss.backward()
+    eager_loss, eager_stats, eager_codes = objective(images, torch.tensor(0.5), eps)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(codes, eager_codes, rtol=1e-4, atol=1e-4)

@@ -273,7 +273,7 @@ def resume(run: Run, path: Path) -> None:
     if differs:
         raise UserError(f"--resume {path}: the model differs from the checkpoint's: {'; '.join(differs)}; "
                         f"launch with the checkpoint's model settings")
-    trainer = torch.load(path / TRAINER_STATE, map_location=accelerator.device)
+    trainer = torch.load(path / TRAINER_STATE, map_location="cpu")  # the optimizer moves its state to the params
     if trainer["batch_size"] != cfg.batch_size:
         raise UserError(f"--resume {path}: the run's global batch is {trainer['batch_size']}, not "
                         f"{cfg.batch_size}; use --batch-size {trainer['batch_size']}")
