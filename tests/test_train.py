@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from model.likelihood import LIKELIHOODS
 from train.checkpoint import CheckpointError, list_checkpoints, load_vae
 from train.objective import AdversarialPhases, VAEObjective, kl_weight, lr_factor
 from train.perceptual import PerceptualError, build_perceptual
@@ -441,16 +442,11 @@ def test_the_training_step_never_reads_a_device_value_on_the_host(monkeypatch):
         assert torch.equal(value, weights[name]) and torch.equal(ema.state_dict()[name], averaged[name]), name
 
 
-# The shared-sigma and RGB-covariance decoders still fold their running estimate in with float(): a graph break
-# (and, on a GPU, a sync) that the likelihood objects remove; they join this list then.
-ONE_GRAPH_LIKELIHOODS = ("gaussian_learned", "gaussian_fixed", "logistic_mixture", "categorical", "bernoulli")
-
-
-@pytest.mark.parametrize("likelihood", ONE_GRAPH_LIKELIHOODS)
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_the_objective_compiles_to_one_graph(likelihood):
     """The training objective with its keyed noise and a tensor KL weight traces into one graph with
-    fullgraph=True (no graph break, so nothing in it waits on the host; the graph break is TorchDynamo's, so its
-    eager backend shows it without the minutes of code generation) and computes what the eager objective does."""
+    fullgraph=True for every decoder likelihood (a graph break is TorchDynamo's, so its eager backend shows one
+    without the minutes of code generation) and computes what the eager objective does."""
     from model import create_vae
     from model.noise import image_seeds, keyed_normal
 

@@ -277,9 +277,8 @@ def resume(run: Run, path: Path) -> None:
     if trainer["batch_size"] != cfg.batch_size:
         raise UserError(f"--resume {path}: the run's global batch is {trainer['batch_size']}, not "
                         f"{cfg.batch_size}; use --batch-size {trainer['batch_size']}")
-    device = str(accelerator.device)
-    run.vae.load_state_dict(load_file(path / TRAINING_WEIGHTS, device=device))
-    run.ema.load_state_dict(load_file(path / VAE_FOLDER / MODEL_WEIGHTS, device=device))
+    run.vae.load_state_dict(load_file(path / TRAINING_WEIGHTS))  # copied into this device's tensors
+    run.ema.load_state_dict(load_file(path / VAE_FOLDER / MODEL_WEIGHTS))
     run.optimizer.load_state_dict(trainer["optimizer"])
     run.train_step.attach(run.optimizer)
     for optimizer, saved in zip(run.adversarial.optimizers if run.adversarial else (), trainer["adversarial"]):
