@@ -323,6 +323,7 @@ def test_launches_that_cannot_work_stop_with_one_line(synthetic_shards, tmp_path
     _run(synthetic_shards, tmp_path / "run", "--epochs", "1", "--max-steps", "1", "--no-figures")
     assert "latent_dim 128 (checkpoint) vs 64 (this launch)" in fails("--resume", "latest", "--latent-dim", "64")
     assert "use --batch-size 16" in fails("--resume", "latest", "--batch-size", "32")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 16  # the run's, untouched
     partial = list_checkpoints(tmp_path / "run")[-1]
     (partial / "trainer.pt").unlink()  # an interrupted copy, or another node's view of a node-local folder
     assert f"{partial} lacks trainer.pt" in fails("--resume", str(partial))

@@ -179,6 +179,7 @@ def setup(cfg: TrainConfig, model_cfg: VAEConfig) -> Run:
     accelerator = Accelerator(mixed_precision=precision)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     check_launch(cfg, world)
+    saved = checkpoint_state(resume_path(cfg, accelerator), cfg, model_cfg) if cfg.resume else None
     set_seed(cfg.seed)  # the same initial weights on every rank; the training noise is keyed by image
 
     # Data: every loader delivers uint8 batches already on `device`; ranks get disjoint, equal parts of each
@@ -224,8 +225,8 @@ def setup(cfg: TrainConfig, model_cfg: VAEConfig) -> Run:
               open(cfg.out_path / "metrics.jsonl", "a") if main_process else None,
               # The first 16 test images, fixed across epochs: 8 to reconstruct, 4 pairs to interpolate between.
               first_images(shards / "test", 16).to(device) if cfg.figures and main_process else None)
-    if cfg.resume:
-        resume(run, resume_path(cfg, accelerator))
+    if saved is not None:
+        resume(run, *saved)
     progress.update(bar, epoch=state.epoch)
     return run
 
@@ -261,13 +262,11 @@ def resume_path(cfg: TrainConfig, accelerator: Accelerator) -> Path:
     return path
 
 
-def resume(run: Run, path: Path) -> None:
-    """Continue from a checkpoint written by any launch: compiled or eager, any number of processes, any device
-    (the weights carry the VAE's own keys and load onto this device); the model and the global batch must be
-    the checkpoint's."""
-    accelerator, cfg = run.accelerator, run.cfg
+def checkpoint_state(path: Path, cfg: TrainConfig, model_cfg: VAEConfig) -> tuple[Path, dict]:
+    """(path, its trainer state), once the checkpoint is known to fit this launch: the model and the global
+    batch must be the checkpoint's (the process count, compilation and device need not)."""
     saved_model = json.loads((path / VAE_FOLDER / MODEL_JSON).read_text())["config"]
-    ours = json.loads(json.dumps(run.vae.cfg.to_dict()))  # tuples as the JSON's lists
+    ours = json.loads(json.dumps(model_cfg.to_dict()))  # tuples as the JSON's lists
     differs = [f"{name} {saved_model.get(name)!r} (checkpoint) vs {value!r} (this launch)"
                for name, value in ours.items() if saved_model.get(name) != value]
     if differs:
@@ -277,7 +276,14 @@ def resume(run: Run, path: Path) -> None:
     if trainer["batch_size"] != cfg.batch_size:
         raise UserError(f"--resume {path}: the run's global batch is {trainer['batch_size']}, not "
                         f"{cfg.batch_size}; use --batch-size {trainer['batch_size']}")
-    run.vae.load_state_dict(load_file(path / TRAINING_WEIGHTS))  # copied into this device's tensors
+    return path, trainer
+
+
+def resume(run: Run, path: Path, trainer: dict) -> None:
+    """Continue from a checkpoint written by any launch: compiled or eager, any number of processes, any device
+    (the weights carry the VAE's own keys and are copied into this launch's tensors)."""
+    accelerator = run.accelerator
+    run.vae.load_state_dict(load_file(path / TRAINING_WEIGHTS))
     run.ema.load_state_dict(load_file(path / VAE_FOLDER / MODEL_WEIGHTS))
     run.optimizer.load_state_dict(trainer["optimizer"])
     run.train_step.attach(run.optimizer)
