@@ -388,7 +388,7 @@ def test_one_and_two_processes_train_alike_and_resume_each_other(synthetic_shard
         torch.testing.assert_close(final["two resumed"][name], value, rtol=0, atol=0, msg=name)
     start = _initial_weights()
     for other in ("two", "two to one", "one to two"):  # float sums in another order only
-        assert _weights_change(final["one"], final[other], start) < 1e-3, other
+        assert _weights_change(final["one"], final[other], start) < 1e-4, other  # 3e-7 measured
 
 
 @pytest.mark.slow
