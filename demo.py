@@ -27,7 +27,7 @@ from common.device import default_device
 from common.errors import UserError
 
 console = Console()
-WARMUP_STEPS = 100  # the VAE's learning-rate warm-up
+WARMUP_IMAGES = 3200  # the VAE's learning-rate warm-up (100 batches of 32)
 
 
 @dataclass
@@ -91,13 +91,13 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> tuple[list[
     else:
         budget, ae_budget = ["--minutes", args.minutes], ["--minutes", args.minutes / 4]
     shared_flags = ["--shards", shards, "--preset", "base" if gpu else "cpu", "--batch-size", 32,
-                    "--lr", 1e-3 if gpu else 2e-3, "--kl-anneal-steps", 1000, "--log-every", 25,
+                    "--lr", 1e-3 if gpu else 2e-3, "--kl-anneal-images", 32_000, "--log-every", 25,
                     "--checkpoint-every", 1000]
-    train_flags = [*shared_flags, "--out", run, *budget, "--warmup-steps", WARMUP_STEPS]
+    train_flags = [*shared_flags, "--out", run, *budget, "--warmup-images", WARMUP_IMAGES]
     # The autoencoder only has to show its reconstructions, interpolations and meaningless prior samples beside
     # the VAE's, so it gets a quarter of the budget (under a minute on 2 CPU cores) and, in proportion, a quarter
     # of the warm-up: its learning rate still peaks and decays within the shorter run.
-    ae_flags = [*shared_flags, "--out", ae_run, "--model", "ae", *ae_budget, "--warmup-steps", WARMUP_STEPS // 4]
+    ae_flags = [*shared_flags, "--out", ae_run, "--model", "ae", *ae_budget, "--warmup-images", WARMUP_IMAGES // 4]
     eval_json, bonus_json = work / "eval" / "eval-test.json", work / "eval" / "bonus_1-test.json"
     ae_eval_json = work / "eval" / "ae" / "eval-test.json"
     floors_json = work / "floors.json"

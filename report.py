@@ -206,11 +206,11 @@ def design_section(run: Path, config: dict, summary: dict) -> str:
                               f"{_format(model['channels'])}, depths {_format(model['depths'])}; latent "
                               f"{model['latent_dim']}; decoder likelihood {model['likelihood']}"))
     if config:
-        rows += [("optimisation", f"AdamW, lr {config['lr']:g} ({config['warmup_steps']} warm-up steps, cosine to "
+        rows += [("optimisation", f"AdamW, lr {config['lr']:g} ({config['warmup_images']:,} warm-up images, cosine to "
                                   f"{config['min_lr_ratio']:g}×), batch {config['batch_size']}, {config['epochs']} "
                                   f"epochs, grad clip {config['grad_clip']:g}, EMA {config['ema_decay']:g}"),
-                 ("KL", f"β {config['beta']:g}, {config['kl_anneal']} annealing over {config['kl_anneal_steps']} "
-                        f"steps" + (f"; perceptual {config['perceptual']}" if config.get("perceptual") else ""))]
+                 ("KL", f"β {config['beta']:g}, {config['kl_anneal']} annealing over {config['kl_anneal_images']:,} "
+                        f"images" + (f"; perceptual {config['perceptual']}" if config.get("perceptual") else ""))]
     if summary:
         rows.append(("run", f"{summary['step']:,} steps on {summary['world_size']} rank(s), "
                             f"{summary.get('device', '?')}, mixed precision {summary.get('mixed_precision', '?')}, "

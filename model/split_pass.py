@@ -64,7 +64,8 @@ def residual_histograms(images: torch.Tensor, x_mean: torch.Tensor, weight: torc
 
 @torch.no_grad()
 def split_sums(vae: VAE, batches, reduce_sum: SumReducer, *, seed: int = 0, samples: int = 1, iw_samples: int = 0,
-               reconstructions: bool = False, fixed_logvar: float | None = None, residuals: bool = False) -> dict[str, torch.Tensor]:
+               reconstructions: bool = False, fixed_logvar: float | None = None,
+               residuals: bool = False) -> dict[str, torch.Tensor]:
     """Accumulate over `batches` (loader `Batch`es) and reduce with `reduce_sum` (identity on one rank).
 
     Always: count, continuous Gaussian and discretized NLL (means over `samples` z draws per image), closed-form

@@ -395,7 +395,7 @@ def test_sweep_trains_and_scores_every_configuration(synthetic_shards, tmp_path)
 
     out = tmp_path / "sweep"
     flags = ["--latent-dims", "16,32", "--betas", "1", "--minutes", "0.03"]
-    train = ["--", "--preset", "tiny", "--batch-size", "16", "--warmup-steps", "4", "--compile", "off",
+    train = ["--", "--preset", "tiny", "--batch-size", "16", "--warmup-images", "64", "--compile", "off",
              "--precision", "fp32", "--no-figures"]
     assert sweep_main(["--shards", str(synthetic_shards), "--out", str(out), *flags, *train]) == 0
     results = json.loads((out / "sweep.json").read_text())["results"]

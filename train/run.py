@@ -54,7 +54,7 @@ from train.recipes import RecipeChoice, resolve
 from train.figures import save_samples, write_figures
 from train.objective import EMA, STAT_NAMES, AdversarialPhases, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
-from train.step import TrainStep
+from train.step import TrainStep, make_optimizer
 
 console = Console()
 CALIBRATION_STEPS = 30  # --minutes: steps timed before planning (fewer if the warm-up is shorter)
@@ -189,6 +189,7 @@ def setup(cfg: TrainConfig, model_cfg: VAEConfig, choice: RecipeChoice) -> Run:
                               project_config=ProjectConfiguration(project_dir=cfg.out))
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     check_launch(cfg, world)
+    saved = checkpoint_state(resume_path(cfg, accelerator), cfg, model_cfg) if cfg.resume else None
     set_seed(cfg.seed)  # the same initial weights on every rank; the training noise is keyed by image
 
     # Data: every loader delivers uint8 batches already on `device`; ranks get disjoint, equal parts of each
@@ -217,12 +218,7 @@ def setup(cfg: TrainConfig, model_cfg: VAEConfig, choice: RecipeChoice) -> Run:
     objective = VAEObjective(vae, perceptual, cfg.perceptual_weight)
     adversarial = (AdversarialPhases(vae, cfg.aae_lambda, cfg.weight_decay, cfg.grad_clip)
                    if model_cfg.model == "aae" else None)
-    autoencoder = [p for name, p in vae.named_parameters() if not name.startswith("discriminator.")]
-    decay = [p for p in autoencoder if p.ndim >= 2]
-    no_decay = [p for p in autoencoder if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99),
-                                  fused=True)  # one kernel per step; the CPU has it too, so the tests run it
+    optimizer = make_optimizer(vae, cfg.lr, cfg.weight_decay)
     ema = EMA(vae, cfg.ema_decay)
     ema_vae = copy.deepcopy(vae).eval().requires_grad_(False)
 
@@ -244,8 +240,8 @@ def setup(cfg: TrainConfig, model_cfg: VAEConfig, choice: RecipeChoice) -> Run:
               open(cfg.out_path / "metrics.jsonl", "a") if main_process else None,
               # The first 16 test images, fixed across epochs: 8 to reconstruct, 4 pairs to interpolate between.
               first_images(shards / "test", 16).to(device) if cfg.figures and main_process else None)
-    if cfg.resume:
-        resume(run, resume_path(cfg, accelerator))
+    if saved is not None:
+        resume(run, *saved)
     progress.update(bar, epoch=state.epoch)
     return run
 
@@ -281,25 +277,29 @@ def resume_path(cfg: TrainConfig, accelerator: Accelerator) -> Path:
     return path
 
 
-def resume(run: Run, path: Path) -> None:
-    """Continue from a checkpoint written by any launch: compiled or eager, any number of processes, any device
-    (the weights carry the VAE's own keys and load onto this device); the model and the global batch must be
-    the checkpoint's."""
-    accelerator, cfg = run.accelerator, run.cfg
+def checkpoint_state(path: Path, cfg: TrainConfig, model_cfg: VAEConfig) -> tuple[Path, dict]:
+    """(path, its trainer state), once the checkpoint is known to fit this launch: the model and the global
+    batch must be the checkpoint's (the process count, compilation and device need not)."""
     saved_model = json.loads((path / VAE_FOLDER / MODEL_JSON).read_text())["config"]
-    ours = json.loads(json.dumps(run.vae.cfg.to_dict()))  # tuples as the JSON's lists
+    ours = json.loads(json.dumps(model_cfg.to_dict()))  # tuples as the JSON's lists
     differs = [f"{name} {saved_model.get(name)!r} (checkpoint) vs {value!r} (this launch)"
                for name, value in ours.items() if saved_model.get(name) != value]
     if differs:
         raise UserError(f"--resume {path}: the model differs from the checkpoint's: {'; '.join(differs)}; "
                         f"launch with the checkpoint's model settings")
-    trainer = torch.load(path / TRAINER_STATE, map_location=accelerator.device)
+    trainer = torch.load(path / TRAINER_STATE, map_location="cpu")  # the optimizer moves its state to the params
     if trainer["batch_size"] != cfg.batch_size:
         raise UserError(f"--resume {path}: the run's global batch is {trainer['batch_size']}, not "
                         f"{cfg.batch_size}; use --batch-size {trainer['batch_size']}")
-    device = str(accelerator.device)
-    run.vae.load_state_dict(load_file(path / TRAINING_WEIGHTS, device=device))
-    run.ema.load_state_dict(load_file(path / VAE_FOLDER / MODEL_WEIGHTS, device=device))
+    return path, trainer
+
+
+def resume(run: Run, path: Path, trainer: dict) -> None:
+    """Continue from a checkpoint written by any launch: compiled or eager, any number of processes, any device
+    (the weights carry the VAE's own keys and are copied into this launch's tensors)."""
+    accelerator = run.accelerator
+    run.vae.load_state_dict(load_file(path / TRAINING_WEIGHTS))
+    run.ema.load_state_dict(load_file(path / VAE_FOLDER / MODEL_WEIGHTS))
     run.optimizer.load_state_dict(trainer["optimizer"])
     run.train_step.attach(run.optimizer)
     for optimizer, saved in zip(run.adversarial.optimizers if run.adversarial else (), trainer["adversarial"]):

@@ -19,6 +19,15 @@ from model.vae import VAE
 from train.objective import EMA, STAT_NAMES, AdversarialPhases
 
 
+def make_optimizer(vae: VAE, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """Fused AdamW over the autoencoder's parameters (not the AAE's discriminator, which has its own), no decay on
+    biases and norms. Fused: one kernel per step, a tensor learning rate and a skip flag; the CPU has it too."""
+    autoencoder = [p for name, p in vae.named_parameters() if not name.startswith("discriminator.")]
+    return torch.optim.AdamW([{"params": [p for p in autoencoder if p.ndim >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in autoencoder if p.ndim < 2], "weight_decay": 0.0}], lr=lr,
+                             betas=(0.9, 0.99), fused=True)
+
+
 class TrainStep:
     """One optimizer step of the (compiled, DDP-wrapped) objective: clip, fused AdamW, EMA, and the running sums
     the trainer keeps (the epoch's stat sums, the codes' sums for the recentring, the log window's stats)."""
