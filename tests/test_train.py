@@ -311,7 +311,8 @@ def test_noise_is_keyed_by_image_not_by_batch_or_rank():
 
 def test_launches_that_cannot_work_stop_with_one_line(synthetic_shards, tmp_path, capsys):
     def fails(*flags: str) -> str:
-        code = train_main(["--shards", str(synthetic_shards), "--out", str(tmp_path / "run"), *TINY, *flags])
+        code = train_main(["--shards", str(synthetic_shards), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1",
+                           *flags])  # an epoch budget, not the cpu recipe's minutes (whose warm-up check comes first)
         err = capsys.readouterr().err.strip()
         assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1, err
         return err
