@@ -408,7 +408,7 @@ def recentre_codes(state: dict[str, torch.Tensor], shift: torch.Tensor) -> None:
     the encoder's output bias, and the decoder's first Linear gets W shift added to its bias, so dec'(mu') =
     dec(mu). Reconstructions are unchanged; with shift = the codes' mean over the data, the KL to N(0, I) drops
     by |shift|^2 / 2 nats per image, so an optimum of the ELBO has its codes centred (the trainer applies it,
-    `train.run.CENTRE_EVERY`)."""
+    `--recentre-images`)."""
     latent_dim = shift.numel()
     shift = shift.to(state["decoder.from_latent.bias"])
     state["encoder.to_latent.bias"][:latent_dim] -= shift  # the mu half (the first latent_dim outputs)

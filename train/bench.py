@@ -3,7 +3,8 @@
 Rows: the bare on-device step (one batch already on the device, the ceiling: forward, backward, AdamW) in eager
 vs compiled, fp32 vs bf16, with its peak memory on CUDA; the trainer's real step on the same batch
 (`train.step.TrainStep`: keyed noise, gradient clipping, fused AdamW with its device-side rate and skip flag,
-EMA, running sums; DDP when launched on more than one process), beside the bare step of its variant; then the step fed by each loader, with the share of wall time spent waiting for
+EMA, running sums; DDP when launched on more than one process), timed in alternating blocks with the bare step
+of its variant so that their ratio holds on a shared machine; then the step fed by each loader, with the share of wall time spent waiting for
 data; then (`--epoch`, default on CUDA) one whole epoch of the train split, timed end to end. Every row gets a
 warm-up (compilation happens there) before its timed steps, and CUDA is synchronised before each clock read.
 On a GPU the defaults measure what the GPU path needs: the base preset, all four variants, a full epoch.
@@ -105,7 +106,26 @@ def time_steps(step, batches, steps: int, warmup: int, device: torch.device) -> 
     _sync(device)
     elapsed = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"images_per_s": count / elapsed, "data_wait_share": waited / elapsed, "steps": steps, "peak_gib": peak}
+    return {"images_per_s": count / elapsed, "data_wait_share": waited / elapsed, "steps": steps, "peak_gib": peak,
+            "images": count, "seconds": elapsed}
+
+
+ALTERNATION = 5  # steps per block when two steps are timed in turns
+
+
+def time_alternating(bare_block, trainer_block, steps: int, warmup: int) -> tuple[dict, dict]:
+    """Two steps timed in alternating blocks (`*_block(warmup)` times ALTERNATION steps after `warmup` untimed
+    ones), so a load that changes during the run (a shared machine) weighs on both alike: their ratio is the
+    figure to read. Returns the two steps' images/s over all their blocks."""
+    bare_block(warmup), trainer_block(warmup)
+    totals = [[0, 0.0], [0, 0.0]]  # images, seconds
+    for _ in range(max(1, steps // ALTERNATION)):
+        for total, block in zip(totals, (bare_block, trainer_block)):
+            result = block(0)
+            total[0] += result["images"]
+            total[1] += result["seconds"]
+    return tuple({"images_per_s": images / seconds, "data_wait_share": 0.0, "steps": steps, "peak_gib": None}
+                 for images, seconds in totals)
 
 
 def time_epoch(step, loader, warmup_batches, device: torch.device) -> dict:
@@ -170,12 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"feed": "on-device batch", "step": "bare", "variant": variant,
                      **time_steps(step, repeat(first), args.steps, args.warmup, device)})
     if feed_variant in args.variants.split(","):
-        console.print(f"[dim]on-device trainer step, {feed_variant} …")
-        step = make_trainer_step(args.preset, feed_variant.startswith("compiled"), feed_variant.endswith("bf16"))
-        result = time_steps(step, repeat(first_batch), args.steps, args.warmup, device)
-        bare = next(r for r in rows if r["variant"] == feed_variant)["images_per_s"]
-        rows.append({"feed": "on-device batch", "step": "trainer", "variant": feed_variant, **result,
-                     "vs_bare": result["images_per_s"] / bare})
+        console.print(f"[dim]on-device trainer step beside the bare step, {feed_variant}, alternating …")
+        compiled, bf16 = feed_variant.startswith("compiled"), feed_variant.endswith("bf16")
+        bare_step = make_step(args.preset, device, compiled, bf16)
+        trainer_step = make_trainer_step(args.preset, compiled, bf16)
+        bare, trainer = time_alternating(
+            lambda warmup: time_steps(bare_step, repeat(first), ALTERNATION, warmup, device),
+            lambda warmup: time_steps(trainer_step, repeat(first_batch), ALTERNATION, warmup, device),
+            args.steps, args.warmup)
+        rows.append({"feed": "on-device batch", "step": "trainer", "variant": feed_variant, **trainer,
+                     "vs_bare": trainer["images_per_s"] / bare["images_per_s"],
+                     "bare_alternated_images_per_s": bare["images_per_s"]})
     flops = flops_per_image(args.preset, args.batch_size, device)
     for row in rows:
         row["gflops"] = row["images_per_s"] * flops / 1e9  # achieved, from the counted operations
