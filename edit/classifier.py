@@ -90,7 +90,7 @@ def train_classifier(shards: Path, out: Path, arch: str = "cnn", width: int = 32
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=0.01)
     total = epochs * len(train)
     warmup = min(50, total // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total, 0.0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step + 1, warmup, total, 0.0))
     generator = torch.Generator(device).manual_seed(seed)
     log(f"classifier {arch} width {width}: {sum(p.numel() for p in classifier.parameters()) / 1e6:.2f} M params, "
         f"{len(train.split)} train images, {epochs} epochs of {len(train)} steps, device {device}")

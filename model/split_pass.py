@@ -5,14 +5,13 @@ their numbers agree (it sits in `model/` because the trainer, a stage before eva
 (not means) are reduced, and padding repeats are masked out, so 1 rank and N ranks give the same totals and
 no sample counts twice.
 
-Posterior noise is keyed by image, not by batch: image `key` draws eps_0, eps_1, ... from its own generator
-seeded by (seed, key), on the CPU. So the result depends on the seed and the number of z samples only, not on
-the batch size, the loader, the order, the number of ranks or the device, and eps_0 is the same draw for the
-ELBO, the importance-weighted bound at any K, and the trainer's validation.
+Posterior noise is keyed by image, not by batch: image `key` draws eps_0, eps_1, ... from a counter-based
+hash of (seed, key), made on the device (`model.noise`). So the result depends on the seed and the number of z
+samples only, not on the batch size, the loader, the order, the number of ranks or the device, and eps_0 is the
+same draw for the ELBO, the importance-weighted bound at any K, and the trainer's validation.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Callable, Sequence
 
@@ -21,6 +20,7 @@ import torch
 from model.likelihoods import discretized_gaussian_nll, gaussian_nll
 from model.metrics import (NUM_DIMS, active_units, bits_per_dim, harmonic_metric, kl_diag_gaussian_per_dim, psnr_db,
                            to_model_range, to_uint8)
+from model.noise import image_seeds, keyed_normal
 from model.vae import VAE
 
 SumReducer = Callable[[torch.Tensor], torch.Tensor]
@@ -32,25 +32,11 @@ RESIDUAL_RANGE = 4.0
 RESIDUAL_BINS = 40_000
 
 
-def sample_seed(seed: int, key: str) -> int:
-    """A 63-bit generator seed for one image: stable across runs, processes and platforms (not `hash()`)."""
-    digest = hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def posterior_noise(keys: Sequence[str], seed: int, samples: int, latent_dim: int) -> torch.Tensor:
-    """eps [samples, B, latent_dim] float32 on the CPU; row j of image `key` is the j-th draw of its generator.
-
-    Each draw is a separate `randn(latent_dim)`, so draw j is the same whatever `samples` is (a single
-    `randn(samples, latent_dim)` fills in blocks and would not keep that prefix property).
-    """
-    eps = torch.empty(samples, len(keys), latent_dim)
-    generator = torch.Generator()
-    for i, key in enumerate(keys):
-        generator.manual_seed(sample_seed(seed, key))
-        for j in range(samples):
-            torch.randn(latent_dim, generator=generator, out=eps[j, i])
-    return eps
+def posterior_noise(keys: Sequence[str], seed: int, samples: int, latent_dim: int,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """eps [samples, B, latent_dim] float32 on `device`; row j of image `key` is its j-th draw (`model.noise`),
+    the same whatever `samples` is."""
+    return keyed_normal(image_seeds(keys, seed, device), samples, latent_dim)
 
 
 def residual_histograms(images: torch.Tensor, x_mean: torch.Tensor, weight: torch.Tensor,
@@ -77,9 +63,9 @@ def residual_histograms(images: torch.Tensor, x_mean: torch.Tensor, weight: torc
 
 
 @torch.no_grad()
-def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Generator | None = None, *,
-               seed: int | None = None, samples: int = 1, iw_samples: int = 0, reconstructions: bool = False,
-               fixed_logvar: float | None = None, residuals: bool = False) -> dict[str, torch.Tensor]:
+def split_sums(vae: VAE, batches, reduce_sum: SumReducer, *, seed: int = 0, samples: int = 1, iw_samples: int = 0,
+               reconstructions: bool = False, fixed_logvar: float | None = None,
+               residuals: bool = False) -> dict[str, torch.Tensor]:
     """Accumulate over `batches` (loader `Batch`es) and reduce with `reduce_sum` (identity on one rank).
 
     Always: count, continuous Gaussian and discretized NLL (means over `samples` z draws per image), closed-form
@@ -90,12 +76,9 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
     `reconstructions`: squared error of to_uint8(decoder mean at mu) in 0..255 units.
     `fixed_logvar`: the discretized NLL again with the decoder log-variance replaced by this constant.
     `residuals`: the histograms `residual_histograms` builds, for fitting one global sigma.
-    `seed` defaults to `generator.initial_seed()` (the trainer passes a seeded generator), else 0.
     """
     if samples < 1 or iw_samples < 0:
         raise ValueError(f"need samples >= 1 and iw_samples >= 0, got {samples}, {iw_samples}")
-    if seed is None:
-        seed = generator.initial_seed() if generator is not None else 0
     device = next(vae.parameters()).device
     latent = vae.cfg.latent_dim
     likelihood = vae.decoder.likelihood
@@ -113,7 +96,7 @@ def split_sums(vae: VAE, batches, reduce_sum: SumReducer, generator: torch.Gener
         mu, logvar = vae.encode(x)
         if logvar is None and iw_samples:
             raise ValueError("a deterministic autoencoder has no posterior to importance-sample")
-        eps = posterior_noise(batch.keys, seed, draws, latent).to(device, mu.dtype)
+        eps = posterior_noise(batch.keys, seed, draws, latent, device).to(mu.dtype)
         std = torch.zeros_like(mu) if logvar is None else torch.exp(0.5 * logvar)  # z = mu for the autoencoder
         per_image = {name: torch.zeros_like(weight) for name in names}
         log_w = torch.empty(len(weight), iw_samples, dtype=torch.float64, device=device)

@@ -308,17 +308,21 @@ class VAE(nn.Module):
 
     @staticmethod
     def reparameterize(
-        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I); pass a generator (on mu's device) for seeded draws."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        """z = mu + sigma * eps, eps ~ N(0, I): given (the trainer's noise keyed by image), or drawn here (pass a
+        generator on mu's device for seeded draws)."""
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def forward(
-        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
+        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> VAEOutput:
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, generator) if sample_posterior and logvar is not None else mu
+        z = self.reparameterize(mu, logvar, generator, eps) if sample_posterior and logvar is not None else mu
         x_mean, x_params = self.decode(z)
         if self.training:  # e.g. sigma-VAE: the batch's closed-form optimal sigma, folded into the running one
             x_params = self.decoder.likelihood.batch_params(x, x_mean, x_params, self.decoder)
@@ -344,7 +348,7 @@ def recentre_codes(state: dict[str, torch.Tensor], shift: torch.Tensor) -> None:
     the encoder's output bias, and the decoder's first Linear gets W shift added to its bias, so dec'(mu') =
     dec(mu). Reconstructions are unchanged; with shift = the codes' mean over the data, the KL to N(0, I) drops
     by |shift|^2 / 2 nats per image, so an optimum of the ELBO has its codes centred (the trainer applies it,
-    `train.run.CENTRE_EVERY`)."""
+    `--recentre-images`)."""
     latent_dim = shift.numel()
     shift = shift.to(state["decoder.from_latent.bias"])
     state["encoder.to_latent.bias"][:latent_dim] -= shift  # the mu half (the first latent_dim outputs)

@@ -35,7 +35,7 @@ def trained(tmp_path_factory) -> dict:
     build(base / "celeba", shards, BuildOptions(samples_per_shard=800, workers=2))
     vae = base / "vae"
     assert train_main(["--shards", str(shards), "--out", str(vae), "--preset", "tiny", "--batch-size", "32",
-                       "--epochs", "6", "--lr", "3e-3", "--warmup-steps", "20", "--kl-anneal-steps", "100",
+                       "--epochs", "6", "--lr", "3e-3", "--warmup-images", "640", "--kl-anneal-images", "3200",
                        "--likelihood", "gaussian_fixed", "--log-every", "50", "--compile", "off",
                        "--precision", "fp32", "--no-figures"]) == 0
     guide, judge = base / "guide", base / "judge"

@@ -395,7 +395,7 @@ def test_sweep_trains_and_scores_every_configuration(synthetic_shards, tmp_path)
 
     out = tmp_path / "sweep"
     flags = ["--latent-dims", "16,32", "--betas", "1", "--rates", "0,5", "--minutes", "0.03"]
-    train = ["--", "--preset", "tiny", "--batch-size", "16", "--warmup-steps", "4", "--compile", "off",
+    train = ["--", "--preset", "tiny", "--batch-size", "16", "--warmup-images", "64", "--compile", "off",
              "--precision", "fp32", "--no-figures"]
     assert sweep_main(["--shards", str(synthetic_shards), "--out", str(out), *flags, *train]) == 0
     results = json.loads((out / "sweep.json").read_text())["results"]
@@ -477,7 +477,8 @@ def test_adversarial_autoencoder_pulls_the_codes_toward_the_prior(synthetic_shar
         run = tmp_path / f"aae-lambda{aae_lambda}"
         assert train_main(["--shards", str(synthetic_shards), "--out", str(run), "--model", "aae", "--aae-lambda",
                            aae_lambda, "--preset", "tiny", "--latent-dim", "4", "--batch-size", "16", "--epochs", "4",
-                           "--lr", "2e-3", "--compile", "off", "--precision", "fp32", "--no-figures"]) == 0
+                           "--lr", "2e-3", "--warmup-images", "8000", "--compile", "off", "--precision", "fp32",
+                           "--no-figures"]) == 0
         steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert all(0 <= r["discriminator_accuracy"] <= 1 and r["discriminator_loss"] > 0 for r in steps
                    if r["kind"] == "step")

@@ -1,9 +1,12 @@
 """Run checkpoints: where they live, how they are committed, and how a path given by a user resolves to a VAE.
 
-A run's checkpoint folder `OUT/checkpoints/step-NNNNNNN/` holds Accelerate's full training state (model,
-optimizer, scheduler, RNG, EMA, trainer position) and `vae/`: the EMA weights folder (`model.io`), which is
-all eval and edit need. Folders are written as `*.partial` and renamed when complete, so a crash mid-save
-never leaves one that looks finished.
+A run's checkpoint folder `OUT/checkpoints/step-NNNNNNN/` holds the training weights (`model.safetensors`,
+the VAE's own keys whatever the launch), the trainer state (`trainer.pt`: optimizer(s), position, logs, every
+process's running sums) and `vae/`: the EMA weights folder (`model.io`), which is all eval and edit need. The
+schedules follow the images seen and the noise is keyed by image, so there is no RNG state to keep, and a
+checkpoint resumes on any number of processes, compiled or not, on any device. The first process writes it as
+`*.partial` and renames it once every process has reached that point, so a crash mid-save never leaves one
+that looks finished; on several nodes the run folder must be shared, or the other nodes have none.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ VAE_FOLDER = "vae"
 def resolve_vae_folder(path: Path | str) -> Path:
     """Accept a `vae/` folder, a run checkpoint folder (holding `vae/`), or a run folder (its latest)."""
     path = Path(path)
-    # A run checkpoint holds `vae/` and also Accelerate's own model.safetensors (training weights, no model.json):
+    # A run checkpoint holds `vae/` and also the trainer's model.safetensors (training weights, no model.json):
     # `vae/` comes first.
     if (path / VAE_FOLDER / MODEL_WEIGHTS).is_file():
         return path / VAE_FOLDER

@@ -1,47 +1,44 @@
-"""Training configuration: one plain dataclass; every field is a `--flag` of `train/run.py`."""
+"""Training configuration: one plain dataclass; every field is a `--flag` of `train/run.py` (train/recipes.py lays
+the recipe's values and the command line's flags over it)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.flags import add_flags, from_flags
+TRACKERS = ("none", "tensorboard", "wandb")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     shards: str = "shards"  # build-shards output folder (train/, valid/, test/ inside)
     out: str = "runs/vae"  # run folder: checkpoints/, figures/, metrics.jsonl, config.json
     loader: str = "resident"  # resident | webdataset | dali
     num_workers: int = 2  # webdataset loader worker processes
-    # model
-    # vae | ae (deterministic autoencoder: z = mu, reconstruction loss only) | aae (adversarial autoencoder)
-    model: str = "vae"
-    # aae: seed 002's lambda in (0, 1], the reconstruction's share; the regularisation phase's learning rate is the
-    # reconstruction's times (1 - lambda) / lambda (0.5: equal rates; 1: a plain autoencoder)
+    # --model aae: seed 002's lambda in (0, 1], the reconstruction's share; the regularisation phase's learning rate
+    # is the reconstruction's times (1 - lambda) / lambda (0.5: equal rates; 1: a plain autoencoder)
     aae_lambda: float = 0.5
-    preset: str = "tiny"
-    latent_dim: int = 0  # 0 = the preset's
-    # "" = the preset's (gaussian_learned, or the cpu preset's gaussian_rgb) | gaussian_learned | gaussian_fixed
-    # | gaussian_shared | gaussian_rgb | logistic_mixture | categorical | bernoulli
-    likelihood: str = ""
-    # optimisation
-    batch_size: int = 32  # per process; the seed warns that very large batches collapse to the mean
-    epochs: int = 10
-    minutes: float = 0.0  # > 0: train to this wall-clock budget instead of --epochs (the step count is planned)
+    # optimisation; the fields without a default are the recipe's (train/recipes.py)
+    # all processes together (each loads batch_size / processes); the seed warns that very large batches collapse
+    # to the mean
+    batch_size: int
+    # The budget: --epochs, or (> 0) a wall-clock budget in minutes whose step count is planned. Either flag
+    # replaces the recipe's budget.
+    epochs: int = 0
+    minutes: float = 0.0
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = run all epochs)
-    lr: float = 2e-4
+    lr: float
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 500
+    warmup_images: int  # the LR's linear warm-up, in training images (schedules follow images seen)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # every this many training images the codes are moved to their mean since the last time (model.vae.recentre_codes)
+    recentre_images: int = 3200
     # KL: loss = NLL + beta * w(step) * KL, with w the annealing weight in [0, 1]
     beta: float = 1.0
     kl_anneal: str = "linear"  # linear | cyclical | none
-    kl_anneal_steps: int = 2000  # linear: ramp length; cyclical: period
+    kl_anneal_images: int  # linear: ramp length; cyclical: period (training images)
     kl_cycle_ramp: float = 0.5  # cyclical: fraction of each period spent ramping
     # Rate control (train.rate): > 0 holds the KL at this many nats per image with a Lagrange multiplier that
     # replaces beta once the linear KL warm-up is over; 0 keeps the fixed beta
@@ -59,17 +56,12 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 2
     figures: bool = True  # per-epoch PNG figures
+    # Also log the metrics to TensorBoard (OUT/celeba-vae/) or Weights & Biases through Accelerate's trackers;
+    # metrics.jsonl is written either way.
+    report_to: str = dataclasses.field(default="none", metadata={"choices": TRACKERS})
     resume: str = ""  # a checkpoint folder, or "latest" (the newest in OUT/checkpoints)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
 
     @property
     def out_path(self) -> Path:
         return Path(self.out)
 
-
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description="Train the CelebA VAE (launch with `accelerate launch`).")
-    add_flags(parser, TrainConfig)
-    return from_flags(TrainConfig, parser.parse_args(argv))

@@ -32,18 +32,20 @@ class VAEObjective(nn.Module):
         self.perceptual = perceptual
         self.perceptual_weight = perceptual_weight
 
-    def forward(self, images: torch.Tensor,
-                kl_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, kl_weight: torch.Tensor,
+                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 [B,3,64,64] -> (scalar loss, per-image means of the STAT_NAMES in their order, the codes mu).
 
-        `kl_weight` is a 0-dim tensor (not a float) so the annealing schedule does not recompile the graph. For the
+        `kl_weight` is a 0-dim tensor (not a float) so the annealing schedule does not recompile the graph.
+        `eps` [B, latent] is the posterior noise (the trainer's is keyed by image, `model.noise`); None draws it
+        from torch's generator. For the
         adversarial autoencoder this is its reconstruction phase; `AdversarialPhases` does the rest with the
         (detached) codes and fills in the last three stats.
         """
         likelihood = self.vae.decoder.likelihood
         images = likelihood.observed(images)  # binarised for a Bernoulli decoder
         x = to_model_range(images)
-        out = self.vae(x)
+        out = self.vae(x, eps=eps)
         nll = likelihood.nll(images, out.x_mean, out.x_params)
         if out.logvar is None:  # the deterministic and adversarial autoencoders: reconstruction only
             kl, posterior_std = torch.zeros_like(nll.train), torch.zeros((), device=images.device)
@@ -88,14 +90,15 @@ class AdversarialPhases:
     def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
         return self.critic_optimizer, self.generator_optimizer
 
-    def step(self, images: torch.Tensor, codes: torch.Tensor, lr: float, reduce) -> torch.Tensor:
-        """uint8 images and the reconstruction phase's codes -> [generator loss, discriminator loss, accuracy].
+    def step(self, images: torch.Tensor, codes: torch.Tensor, prior: torch.Tensor, lr: float,
+             reduce) -> torch.Tensor:
+        """uint8 images, the reconstruction phase's codes and as many prior draws (the trainer's are keyed by
+        image, so each rank draws its own) -> [generator loss, discriminator loss, accuracy].
         `lr` is the reconstruction phase's current rate; `reduce(tensor)` averages a tensor over ranks."""
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr * self.lr_ratio
         critic = self.vae.discriminator
-        prior = torch.randn_like(codes)
         real, fake = critic(prior), critic(codes)
         critic_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
                        + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
@@ -122,43 +125,57 @@ class AdversarialPhases:
         optimizer.zero_grad(set_to_none=True)
 
 
-def kl_weight(step: int, schedule: str, beta: float, anneal_steps: int, cycle_ramp: float) -> float:
-    """beta times the annealing weight: linear warm-up 0 -> 1, or cyclical (Fu et al. 2019) ramps."""
-    if schedule == "none" or anneal_steps <= 0:
+def kl_weight(images: int, schedule: str, beta: float, anneal_images: int, cycle_ramp: float) -> float:
+    """beta times the annealing weight after `images` training images: linear warm-up 0 -> 1, or cyclical (Fu et
+    al. 2019) ramps. In images, not steps, so the curve is the same for any number of processes."""
+    if schedule == "none" or anneal_images <= 0:
         return beta
     if schedule == "linear":
-        return beta * min(1.0, step / anneal_steps)
+        return beta * min(1.0, images / anneal_images)
     if schedule == "cyclical":
-        phase = (step % anneal_steps) / anneal_steps
+        phase = (images % anneal_images) / anneal_images
         return beta * min(1.0, phase / cycle_ramp)
     raise ValueError(f"unknown KL annealing schedule {schedule!r}; use linear, cyclical or none")
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Linear warm-up, then cosine decay to `min_ratio` at `total_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+def lr_factor(images: int, warmup_images: int, total_images: int, min_ratio: float) -> float:
+    """The rate's factor for the step that completes `images` training images: linear warm-up, then cosine
+    decay to `min_ratio` at `total_images`."""
+    if images < warmup_images:
+        return images / warmup_images
+    progress = min(1.0, (images - warmup_images) / max(1, total_images - warmup_images))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class EMA:
-    """Exponential moving average of a model's weights (registered with Accelerate for checkpoints)."""
+    """Exponential moving average of a model's weights (checkpointed as the run's `vae/` folder).
+
+    One `torch._foreach_lerp_` per step over all floating-point tensors, with the weight a device tensor: no
+    Python loop of kernels and no host-device sync. The model's tensors must be updated in place, never
+    replaced (the trainer's optimizer, recentring and resume all do so), since their list is made once.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.shadow = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        self._pairs: tuple[list[torch.Tensor], ...] | None = None
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
+    def update(self, model: nn.Module, step: int, good: torch.Tensor) -> None:
+        """Average in the model after `step`; `good` (a 0-dim float tensor, 1 or 0) leaves the average as it was
+        when 0 (a skipped, non-finite step)."""
+        if self._pairs is None:
+            state = model.state_dict()
+            floats = [name for name, value in self.shadow.items() if value.is_floating_point()]
+            others = [name for name in self.shadow if name not in floats]
+            self._pairs = ([self.shadow[n] for n in floats], [state[n] for n in floats],
+                           [self.shadow[n] for n in others], [state[n] for n in others])
+        shadow_floats, model_floats, shadow_others, model_others = self._pairs
         # Warm-up (1+t)/(10+t): early averages must not be dominated by the random initial weights.
         decay = min(self.decay, (1 + step) / (10 + step))
-        for name, value in model.state_dict().items():
-            shadow = self.shadow[name]
-            if shadow.is_floating_point():
-                shadow.lerp_(value.detach(), 1.0 - decay)
-            else:
-                shadow.copy_(value)
+        torch._foreach_lerp_(shadow_floats, model_floats, good * (1.0 - decay))
+        for shadow, value in zip(shadow_others, model_others):  # integer buffers (update counters)
+            shadow.copy_(value)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow
