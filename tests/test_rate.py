@@ -33,7 +33,7 @@ def test_a_short_run_holds_the_kl_at_the_target(synthetic_shards, tmp_path):
     target = 20.0
     out = tmp_path / "run"
     assert train_main(["--shards", str(synthetic_shards), "--out", str(out), "--preset", "tiny", "--batch-size", "16",
-                       "--warmup-steps", "5", "--log-every", "10", "--kl-anneal-steps", "20", "--compile", "off",
+                       "--warmup-images", "80", "--log-every", "10", "--kl-anneal-images", "320", "--compile", "off",
                        "--precision", "fp32", "--epochs", "12", "--lr", "2e-3", "--no-figures",
                        "--rate-target", str(target), "--rate-lr", "0.1"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
