@@ -1,4 +1,4 @@
-"""Latent face editing (SPEC section 6, Task 2 of the main seed), measured with an independent judge classifier.
+"""Latent face editing (the homework's second task), measured with an independent judge classifier.
 
     python -m edit.classifier --shards S --out runs/guide --arch cnn --width 32 --seed 0      # the guide
     python -m edit.classifier --shards S --out runs/judge --arch resnet --width 24 --seed 1   # the judge

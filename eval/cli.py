@@ -1,4 +1,4 @@
-"""`python -m eval`: every SPEC section-4 metric of a checkpoint on one split, as a table, a JSON report and a
+"""`python -m eval`: every evaluation metric of a checkpoint on one split, as a table, a JSON report and a
 figure of the KL per latent component. `bonus_1.py` runs the same evaluation through `run()` below.
 
     python -m eval --checkpoint runs/base --shards shards/test [--iw-samples 16] [--loader dali]

@@ -85,7 +85,7 @@ def _loader(kind: str, split_dir: Path, options: EvalOptions, device, rank: int,
 def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, options: EvalOptions, *, rank: int = 0,
              world_size: int = 1, reduce_sum: SumReducer = _identity,
              log: Callable[[str], None] = lambda message: None, trained_on: dict | None = None) -> dict:
-    """Every metric of SPEC section 4 on the whole split; returns the report (a JSON-ready dict).
+    """Every evaluation metric on the whole split; returns the report (a JSON-ready dict).
 
     `trained_on`: the dataset.json the checkpoint was trained on (its metadata), to warn about another crop.
     """

@@ -12,7 +12,7 @@ import torch.nn as nn
 def num_groups(channels: int, max_groups: int = 32, min_group_width: int = 4) -> int:
     """Group count used both for GroupNorm and for the grouped 3x3 conv.
 
-    Rule (the seed's "32 groups, or 4 channels per group"): the largest divisor of `channels` that is
+    Rule (the course's "32 groups, or 4 channels per group"): the largest divisor of `channels` that is
     at most `max_groups` and leaves at least `min_group_width` channels per group. So 128 channels ->
     32 groups of 4, 512 -> 32 groups of 16, 64 -> 16 groups of 4, 32 -> 8 groups of 4. Channel counts
     below `min_group_width` fall back to a single group.
@@ -60,7 +60,7 @@ class SqueezeExcite(nn.Module):
     """Squeeze-and-Excitation (Hu et al. 2018): x * sigmoid(MLP(global_avg_pool(x))) per channel.
 
     The pooled vector only gates channels; it never replaces the spatial features (this is not the
-    global-average-pool bottleneck the seed warns about).
+    global-average-pool bottleneck the course warns about).
     """
 
     def __init__(self, channels: int, rd_ratio: float = 0.25, min_rd_channels: int = 8):

@@ -1,4 +1,4 @@
-"""One pass over a split: per-image sums of the SPEC section-4 quantities, reduced exactly over ranks.
+"""One pass over a split: per-image sums of the evaluation metrics' quantities, reduced exactly over ranks.
 
 Used by the trainer (validation at every epoch end), `python -m eval` and `bonus_1.py`: one code path, so
 their numbers agree (it sits in `model/` because the trainer, a stage before eval, validates with it). Sums
@@ -25,7 +25,7 @@ from model.vae import VAE
 
 SumReducer = Callable[[torch.Tensor], torch.Tensor]
 
-ACTIVE_THRESHOLD = 0.01  # a component is active when Var_x[mu_j] exceeds this (SPEC section 4)
+ACTIVE_THRESHOLD = 0.01  # a component is active when Var_x[mu_j] exceeds this
 # Residual histograms for fitting one global decoder sigma (fixed-sigma models): bins of 1e-4 model units
 # (0.013 grey levels) up to 4 model units (twice the data range); residuals beyond land in the last bin.
 RESIDUAL_RANGE = 4.0
@@ -203,7 +203,7 @@ def summarize(sums: dict, latent_dim: int, num_dims: int = NUM_DIMS) -> dict[str
         "harmonic_n": harmonic.n,
         "harmonic_k": harmonic.k,
         "harmonic": harmonic.h,
-        # Other readings a course may use (SPEC section 4), not the project's: n from the continuous training
+        # Other readings a course may use, not the project's: n from the continuous training
         # NLL (a density: can be negative, then H means nothing), and n per pixel (D / 3) instead of per sub-pixel.
         "harmonic_continuous_n": continuous.n,
         "harmonic_continuous": continuous.h,

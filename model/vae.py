@@ -7,7 +7,7 @@ Shapes for the default 64x64 input and 3 stages (channels c0, c1, c2; r = 64 / 2
     decoder  z [B, latent] -> Linear -> [B, Cb, 8, 8] -> conv -> c2@8 -> mid blocks
              -> {UpBlock, blocks} x3 -> c0@64 -> GN,SiLU,conv -> mean (and log-variance) [B,3,64,64]
 
-No global average pooling: the Linear layers see every position (seed's advice). Inputs are floats
+No global average pooling: the Linear layers see every position (the course's advice). Inputs are floats
 in the model range [-1, 1] (see metrics.to_model_range); the decoder mean is unbounded (the
 discretized likelihood's open edge bins take care of values outside [-1, 1]).
 """
@@ -46,7 +46,7 @@ class VAEConfig:
     likelihood: str = "gaussian_learned"
     # "vae"; "ae": the deterministic autoencoder of seeds 001-003 (a point latent z = mu, reconstruction loss
     # only; no posterior variance, so no KL, ELBO or harmonic metric, and prior samples mean nothing); "aae": the
-    # adversarial autoencoder of seed 002 (a point latent whose aggregate distribution a discriminator on z
+    # adversarial autoencoder of Makhzani et al. (a point latent whose aggregate distribution a discriminator on z
     # pulls toward N(0, I)).
     model: str = "vae"
     discriminator_width: int = 256  # "aae": hidden width of the latent discriminator
@@ -59,7 +59,7 @@ class VAEConfig:
     # about as certain as one quantisation bin (where the continuous density still approximates the
     # bin's mass) but cannot drive the training NLL to -inf on saturated (0/255) pixels. High end:
     # exp(1/2) = 1.65 > the whole data range, enough to say "no idea", while bounding how far the
-    # decoder can give up on a pixel (the seed's artifact source). The seed's (-3, 3) would floor
+    # decoder can give up on a pixel (the artifacts the course warns about). The course's (-3, 3) would floor
     # sigma at 0.22 = 29 grey levels and cap the achievable bits/dim.
     logvar_range: tuple[float, float] = (-10.0, 1.0)
     # Decoder log-variance of the fixed-sigma head: sigma = exp(-4.6/2) = 0.1 (13 grey levels); also the
@@ -68,10 +68,10 @@ class VAEConfig:
     # Safety clamp of the encoder's log-variance: keeps exp() finite in bf16/fp32, never binds in practice.
     enc_logvar_range: tuple[float, float] = (-30.0, 20.0)
     # The decoder's last UpBlock (to full resolution): "bilinear" (bilinear x2 then a 3x3 conv at full
-    # resolution, the seed's) or "pixel_shuffle" (1x1 conv at half resolution then pixel_shuffle: 9x fewer
+    # resolution, the course's) or "pixel_shuffle" (1x1 conv at half resolution then pixel_shuffle: 9x fewer
     # multiply-adds where the CPU spends most). The other UpBlocks are always bilinear.
     last_upsample: str = "bilinear"
-    # Normalisation in the decoder: "group" (GroupNorm everywhere, the seed's) or "none" (no norm layer in the
+    # Normalisation in the decoder: "group" (GroupNorm everywhere, the course's) or "none" (no norm layer in the
     # decoder; convs get biases; LayerScale keeps the residual blocks near identity at init, as in VDVAE's
     # norm-free decoder). GroupNorm divides out the magnitude of the z-driven features, so a decoder built
     # from it answers z = 0.2 eps with nearly the structure of z = eps (the temperature grid shows blobs at
@@ -143,7 +143,7 @@ PRESETS: dict[str, dict] = {
     # CPU tests and the CPU demo: fwd+bwd at batch 32 in ~0.3 s on 2 cores. Thin full-res stages because
     # the 3x3 convs at 64x64 (after the last bilinear upsample) dominate the CPU cost.
     "tiny": dict(channels=(16, 32, 64), depths=(1, 1, 1), mid_depth=0, latent_dim=128),
-    # CPU budgets (issue 13; BENCHMARKS.md): the tiny widths without the full-resolution ResNeXt blocks, the last
+    # CPU budgets (BENCHMARKS.md): the tiny widths without the full-resolution ResNeXt blocks, the last
     # upsample as 1x1 conv + pixel_shuffle (together 1.4x the tiny network's images per CPU-second), a norm-free
     # decoder (low temperatures decode towards an average face instead of blobs), latent 256 (synthetic, 1,350
     # steps: PSNR 27.4 dB against 26.6 at 128) and the RGB-covariance Gaussian: sigma-VAE's training loss, scored
@@ -153,15 +153,15 @@ PRESETS: dict[str, dict] = {
     # reconstructions 0.50 vs 0.056, latent 128), and the course grades pictures.
     "cpu": dict(channels=(16, 32, 64), depths=(0, 1, 1), mid_depth=0, latent_dim=256, likelihood="gaussian_rgb",
                 num_mixtures=3, last_upsample="pixel_shuffle", decoder_norm="none"),
-    # GPUs: the seed's widths and depths with everything the `cpu` preset's measurements taught: the norm-free
+    # GPUs: the course's reference widths and depths with everything the `cpu` preset's measurements taught: the norm-free
     # decoder (GroupNorm's decoder turns low temperatures into blobs, at 1/8 and 1/4 of these widths too), the
     # RGB-covariance Gaussian, latent 512. The last upsample stays bilinear: on a GPU pixel_shuffle would save 20%
     # of the 32 GFLOP per image (forward + backward), far less than the 1.4x it gave the thin CPU network.
     "gpu": dict(channels=(128, 256, 512), depths=(2, 2, 2), mid_depth=1, latent_dim=512, likelihood="gaussian_rgb",
                 decoder_norm="none"),
-    # The seed's budget: 3-9 GB of GPU memory at batch 32 in bf16.
+    # The course's reference size: 3-9 GB of GPU memory at batch 32 in bf16.
     "base": dict(channels=(128, 256, 512), depths=(2, 2, 2), mid_depth=1, latent_dim=512),
-    # Deeper, with the largest latent the seed reports working.
+    # Deeper, with the largest latent the course reports working.
     "large": dict(channels=(128, 256, 512), depths=(3, 3, 3), mid_depth=2, latent_dim=2048),
 }
 
@@ -332,7 +332,7 @@ class VAE(nn.Module):
     def sample(
         self, num: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Decoder means for prior draws z = temperature * eps (the seed's temperature sampling)."""
+        """Decoder means for prior draws z = temperature * eps (the course's temperature sampling)."""
         p = next(self.parameters())
         eps = torch.randn((num, self.cfg.latent_dim), generator=generator, device=p.device, dtype=p.dtype)
         return self.decode(temperature * eps)[0]

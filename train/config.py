@@ -15,11 +15,11 @@ class TrainConfig:
     out: str = "runs/vae"  # run folder: checkpoints/, figures/, metrics.jsonl, config.json
     loader: str = "resident"  # resident | webdataset | dali
     num_workers: int = 2  # webdataset loader worker processes
-    # --model aae: seed 002's lambda in (0, 1], the reconstruction's share; the regularisation phase's learning rate
+    # --model aae: lambda in (0, 1], the reconstruction's share; the regularisation phase's learning rate
     # is the reconstruction's times (1 - lambda) / lambda (0.5: equal rates; 1: a plain autoencoder)
     aae_lambda: float = 0.5
     # optimisation; the fields without a default are the recipe's (train/recipes.py)
-    # all processes together (each loads batch_size / processes); the seed warns that very large batches collapse
+    # all processes together (each loads batch_size / processes); the course warns that very large batches collapse
     # to the mean
     batch_size: int
     # The budget: --epochs, or (> 0) a wall-clock budget in minutes whose step count is planned. Either flag

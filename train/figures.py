@@ -1,4 +1,4 @@
-"""The trainer's per-epoch figures: loss curves, reconstructions, interpolations and prior samples (SPEC section 5)."""
+"""The trainer's per-epoch figures: loss curves, reconstructions, interpolations and prior samples."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +30,7 @@ def write_figures(folder: Path, vae: VAE, images: torch.Tensor, epoch: int, step
     save_grid(folder / f"interpolation_{tag}.png", to_uint8(vae.decode(z)[0]), rows=4,
               title="interpolation z = a*z1 + (1-a)*z2", col_labels=[f"a={a:.2f}" for a in alphas.tolist()])
     title = f"prior samples z = temp * eps, epoch {epoch}"
-    if vae.cfg.model == "ae":  # the seeds' point: without a KL nothing ties the codes to N(0, I)
+    if vae.cfg.model == "ae":  # the course's point: without a KL nothing ties the codes to N(0, I)
         title += " (an autoencoder: no KL, so these codes mean nothing)"
     save_samples(folder / f"samples_{tag}.png", vae, seed, title)
 

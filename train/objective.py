@@ -62,11 +62,11 @@ class VAEObjective(nn.Module):
 
 
 class AdversarialPhases:
-    """Seed 002's regularisation phase of the adversarial autoencoder, after its reconstruction phase (the
-    objective's step): first the discriminator learns to tell prior draws (real) from the codes the
+    """The regularisation phase of the adversarial autoencoder (Makhzani et al. 2016), after its reconstruction
+    phase (the objective's step): first the discriminator learns to tell prior draws (real) from the codes the
     reconstruction phase produced (fake), then the encoder, run again with its updated weights, learns to fool
     the updated discriminator. Each update has its own AdamW, its own gradient clipping and a learning rate of
-    the reconstruction's times (1 - lambda) / lambda: Adam is blind to a loss's scale, so the seed's weights
+    the reconstruction's times (1 - lambda) / lambda: Adam is blind to a loss's scale, so the course's weights
     lambda and 1 - lambda on the two losses would cancel; as a ratio of step sizes they keep their meaning
     (lambda = 0.5: every phase at the same rate, as in Makhzani et al.; lambda -> 1: a plain autoencoder).
 

@@ -46,9 +46,9 @@ CPU = Recipe("cpu", preset="cpu", train=dict(
 # every lesson of the CPU recipe (preset gpu: the base widths, norm-free decoder, RGB-covariance Gaussian); the
 # optimisation is the CPU recipe's, carried over by the rules below.
 GPU = Recipe("gpu", preset="gpu", train=dict(
-    # A global batch of 128: moderate (the seed: very large batches collapse reconstructions to the mean), 16 per
+    # A global batch of 128: moderate (the course: very large batches collapse reconstructions to the mean), 16 per
     # GPU on 8 GPUs, and enough work per step for the base widths (26-32 GFLOP per image forward + backward,
-    # counted; the seed's 3-9 GB of memory at batch 32 becomes about 12-36 GB).
+    # counted; the course's 3-9 GB of memory at batch 32 becomes about 12-36 GB).
     batch_size=128,
     # The CPU recipe's 2e-3 at batch 32, x2 for the 4x batch (Adam's square-root batch scaling), /4 for hidden
     # layers 8x wider than the cpu preset's: an Adam step moves a layer's outputs in proportion to its fan-in, so

@@ -19,7 +19,7 @@ from model.metrics import as_float32, sum_per_image
 # Parameter layout (NCHW, 10K channels, this project's order): [logits K | means 3K | log_scales 3K | coeffs 3K],
 # the 3K blocks channel-major (R's K, then G's K, then B's K).
 
-MIXTURE_LOG_SCALE_RANGE = (-7.0, 7.0)  # PixelCNN++ floors at -7 (s = 0.0009, a tenth of a grey level)
+MIXTURE_LOG_SCALE_RANGE = (-7.0, 7.0)  # PixelCNN++ clamps at -7 (s = 0.0009, a tenth of a grey level)
 
 
 def mixture_channels(num_mixtures: int, channels: int = 3) -> int:
