@@ -75,6 +75,26 @@ class Likelihood:
         return x_uint8
 
 
+class DiscreteLikelihood(Likelihood):
+    """A distribution over the grey levels themselves (or the binarised image): the output conv gives its
+    parameters, and its training loss is its exact NLL. A subclass gives the mean image and the NLL."""
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The mean image [B, C, H, W] in model units."""
+        raise NotImplementedError
+
+    def exact_nll(self, x_uint8: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """-log P(x) per image [B], nats."""
+        raise NotImplementedError
+
+    def head(self, out: torch.Tensor, decoder: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean(out), out
+
+    def nll(self, x_uint8: torch.Tensor, x_mean: torch.Tensor, x_params: torch.Tensor) -> NLLTerms:
+        nll = self.exact_nll(x_uint8, x_params)
+        return NLLTerms(nll, nll)
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {}
 
 

@@ -4,9 +4,8 @@ data."""
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from model.likelihoods.base import Likelihood, NLLTerms, register
+from model.likelihoods.base import DiscreteLikelihood, register
 from model.metrics import as_float32, sum_per_image
 
 BINARIZE_THRESHOLD = 128
@@ -30,7 +29,7 @@ def bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class Bernoulli(Likelihood):
+class Bernoulli(DiscreteLikelihood):
     """x_params: the [B, 3, H, W] logits of P(white); x_mean = P(white) as a model-unit image. The training loss
     is the NLL itself."""
 
@@ -38,12 +37,11 @@ class Bernoulli(Likelihood):
     eval_note = ("Bernoulli decoder: every likelihood here (NLL, bits/dim, n and H) is of the binarised images (each "
                  "sub-pixel x >= 128), binary data, not comparable with the 256-level decoders' numbers")
 
-    def head(self, out: torch.Tensor, decoder: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        return bernoulli_mean(out), out
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return bernoulli_mean(params)
 
-    def nll(self, x_uint8: torch.Tensor, x_mean: torch.Tensor, x_params: torch.Tensor) -> NLLTerms:
-        nll = bernoulli_nll(x_uint8, x_params)
-        return NLLTerms(nll, nll)
+    def exact_nll(self, x_uint8: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return bernoulli_nll(x_uint8, params)
 
     def std(self, x_params: torch.Tensor, batch_size: int) -> torch.Tensor:
         p = torch.sigmoid(as_float32(x_params))

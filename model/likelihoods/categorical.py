@@ -3,9 +3,8 @@ next to 101). Logits [B, 3*256, H, W], channel-major (R's 256, G's, B's)."""
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from model.likelihoods.base import Likelihood, NLLTerms, register
+from model.likelihoods.base import DiscreteLikelihood, register
 from model.metrics import as_float32, sum_per_image
 
 LEVELS = 256
@@ -32,7 +31,7 @@ def categorical_mean(params: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class Categorical(Likelihood):
+class Categorical(DiscreteLikelihood):
     """x_params: the [B, 3*256, H, W] logits; x_mean: the expected level. The training loss is the NLL itself."""
 
     name = "categorical"
@@ -41,12 +40,11 @@ class Categorical(Likelihood):
     def out_channels(self) -> int:
         return self.cfg.in_channels * LEVELS
 
-    def head(self, out: torch.Tensor, decoder: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        return categorical_mean(out), out
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return categorical_mean(params)
 
-    def nll(self, x_uint8: torch.Tensor, x_mean: torch.Tensor, x_params: torch.Tensor) -> NLLTerms:
-        nll = categorical_nll(x_uint8, x_params)
-        return NLLTerms(nll, nll)
+    def exact_nll(self, x_uint8: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return categorical_nll(x_uint8, params)
 
     def std(self, x_params: torch.Tensor, batch_size: int) -> torch.Tensor:
         probs = torch.softmax(categorical_logits(x_params), dim=2)

@@ -5,10 +5,9 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from model.likelihoods.base import Likelihood, NLLTerms, register
+from model.likelihoods.base import DiscreteLikelihood, register
 from model.metrics import as_float32, sum_per_image
 
 # PixelCNN++'s output layer (Salimans et al. 2017, `discretized_mix_logistic_loss`; NVAE/VDVAE use it): per
@@ -107,7 +106,7 @@ def logistic_mixture_mean(params: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class LogisticMixture(Likelihood):
+class LogisticMixture(DiscreteLikelihood):
     """A discretized mixture of cfg.num_mixtures logistics per pixel with coupled channel means: x_params is the
     [B, 10K, H, W] parameter tensor, x_mean its mean image (coupling applied). Its training loss is the
     discretized NLL itself (a probability)."""
@@ -123,12 +122,11 @@ class LogisticMixture(Likelihood):
     def out_channels(self) -> int:
         return mixture_channels(self.cfg.num_mixtures, self.cfg.in_channels)
 
-    def head(self, out: torch.Tensor, decoder: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        return logistic_mixture_mean(out), out
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return logistic_mixture_mean(params)
 
-    def nll(self, x_uint8: torch.Tensor, x_mean: torch.Tensor, x_params: torch.Tensor) -> NLLTerms:
-        nll = discretized_logistic_mixture_nll(x_uint8, x_params)
-        return NLLTerms(nll, nll)
+    def exact_nll(self, x_uint8: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return discretized_logistic_mixture_nll(x_uint8, params)
 
     def std(self, x_params: torch.Tensor, batch_size: int) -> torch.Tensor:
         """The components' spread sum_k pi_k s_k pi / sqrt(3) (coupling and the spread between component means
