@@ -380,6 +380,12 @@ def test_one_and_two_processes_train_alike_and_resume_each_other(synthetic_shard
     _run(synthetic_shards, two_to_one, *flags, "--max-steps", "6", "--resume", "latest")
     _port_torchrun(synthetic_shards, one_to_two, 29524, *flags, "--max-steps", "6", "--resume", "latest")
 
+    def schedule(run: Path) -> list[tuple]:  # what each logged step trained with, against the images seen
+        return [(r["images"], r["lr"], r["kl_weight"]) for r in map(json.loads, (run / "metrics.jsonl").open())
+                if r["kind"] == "step"]
+
+    assert len(schedule(one)) == 3 and schedule(one) == schedule(two)
+    assert schedule(one)[0][1] < schedule(one)[1][1] and schedule(one)[0][2] < schedule(one)[1][2]  # warming up
     final = {name: _training_weights(list_checkpoints(run)[-1])
              for name, run in (("one", one), ("two", two), ("two resumed", two_stopped), ("two to one", two_to_one),
                                ("one to two", one_to_two))}
