@@ -116,7 +116,7 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> Plan:
                                                "--repeats", 3 if gpu else 1, "--seeds-images", 8192])),
         Step("trainer benchmark", (bench / "train.json").is_file,
              lambda: call(train_bench_main, ["--shards", shards, "--json", bench / "train.json",
-                                             *(["--preset", "base", "--steps", 30] if gpu else
+                                             *(["--preset", "gpu", "--steps", 30] if gpu else
                                                ["--preset", "cpu", "--steps", 8, "--warmup", 2,
                                                 "--variants", "eager-fp32,eager-bf16"])])),
         Step("train autoencoder", lambda: (ae_run / "train_summary.json").is_file(),

@@ -7,7 +7,7 @@ EMA, running sums; DDP when launched on more than one process), timed in alterna
 of its variant so that their ratio holds on a shared machine; then the step fed by each loader, with the share of wall time spent waiting for
 data; then (`--epoch`, default on CUDA) one whole epoch of the train split, timed end to end. Every row gets a
 warm-up (compilation happens there) before its timed steps, and CUDA is synchronised before each clock read.
-On a GPU the defaults measure what the GPU path needs: the base preset, all four variants, a full epoch.
+On a GPU the defaults measure what the GPU path needs: the GPU recipe's preset, all four variants, a full epoch.
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def loader_images(kind: str, split: Path, batch_size: int, device: torch.device,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__)
     parser.add_argument("--shards", type=Path, required=True)
-    parser.add_argument("--preset", default=None, help="default: base on CUDA, tiny on the CPU")
+    parser.add_argument("--preset", default=None, help="default: gpu (the GPU recipe's) on CUDA, tiny on the CPU")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("bench_results/train.json"))
     args = parser.parse_args(argv)
     device = default_device()
-    args.preset = args.preset or ("base" if device.type == "cuda" else "tiny")
+    args.preset = args.preset or ("gpu" if device.type == "cuda" else "tiny")
     console = Console()
     split = args.shards / "train"
     rows = []
