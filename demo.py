@@ -69,6 +69,7 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> Plan:
     from shard_builder.synthetic import generate
     from shard_builder.verify import verify
     from train.bench import main as train_bench_main
+    from train.recipes import GPU
     from train.run import main as train_main
 
     gpu = default_device(args.cpu).type == "cuda"
@@ -76,7 +77,6 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> Plan:
     root = root or work / "synthetic" / "celeba"
     shards, run, ae_run, edits = work / "shards", work / "vae", work / "ae", work / "edits"
     guide, judge = work / "classifiers" / "guide", work / "classifiers" / "judge"
-    epochs = args.epochs or 30
     classifier_epochs = args.classifier_epochs or (10 if gpu else 4)
     bench = work / "bench"
 
@@ -95,8 +95,10 @@ def plan(work: Path, root: Path | None, args: argparse.Namespace) -> Plan:
     # The trainer's defaults are the recipe for the device; the demo sets only the budget. --epochs replaces the
     # CPU budget (the tests' short runs). The autoencoder only has to show its reconstructions, interpolations and
     # meaningless prior samples beside the VAE's, so it gets a quarter of the budget.
-    if args.epochs or gpu:
-        budget, ae_budget = ["--epochs", epochs], ["--epochs", max(1, epochs // 4)]
+    if args.epochs:
+        budget, ae_budget = ["--epochs", args.epochs], ["--epochs", max(1, args.epochs // 4)]
+    elif gpu:  # the GPU recipe's own budget (train/recipes.py); the autoencoder a quarter of it
+        budget, ae_budget = [], ["--epochs", max(1, GPU.budget["epochs"] // 4)]
     else:
         budget, ae_budget = ["--minutes", args.minutes], ["--minutes", args.minutes / 4]
     cpu_flag = ["--cpu"] if args.cpu else []
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-images", type=int, default=6000)
     parser.add_argument("--minutes", type=float, default=3.5, help="the VAE's training budget on CPU cores")
     parser.add_argument("--epochs", type=int, default=0,
-                        help="train for epochs instead of the CPU budget (0: the budget on CPU, 30 epochs on a GPU)")
+                        help="train for epochs instead of the budget (0: --minutes on CPU, the GPU recipe's epochs on "
+                             "a GPU)")
     parser.add_argument("--classifier-epochs", type=int, default=0,
                         help="guide/judge classifier epochs (0: 4 on CPU, 10 on a GPU)")
     parser.add_argument("--sweep", type=Path, help="an existing `python -m eval.sweep` output folder to include in "
