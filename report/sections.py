@@ -273,14 +273,15 @@ def quality_section(quality: dict) -> Section:
 
 def sweep_section(folder: Path) -> Section:
     """`python -m eval.sweep`'s figure and one row per configuration, those meeting the harmonic target marked."""
-    section = Section("Latent size and β sweep")
+    section = Section("Latent size, β and rate sweep")
     data = read_json(folder / "sweep.json")
     if data is None:
         section.blocks.append(Text(f"No sweep.json in {folder}."))
         return section
     results = data["results"]
     misses = [HARMONIC_TARGET.misses(r) for r in results]
-    rows = [[r["latent_dim"], f"{r['beta']:g}", r["bpd"], r["psnr"], r["harmonic"], r["harmonic_n"],
+    rows = [[r["latent_dim"], f"{r['beta']:g}", f"{r['rate_target']:g} nats" if r.get("rate_target") else "-",
+             r["bpd"], r["psnr"], r["harmonic"], r["harmonic_n"],
              r["harmonic_k"], r["kl"], f"{r['active_units']} / {r['latent_dim']}",
              "misses: " + ", ".join(m) if m else "meets"] for r, m in zip(results, misses)]
     flags = " ".join(data.get("train_flags", []))
@@ -288,7 +289,8 @@ def sweep_section(folder: Path) -> Section:
         Text(f"Every configuration trained for {data['minutes']:g} minutes" + (f" with `{flags}`" if flags else "")
              + " and evaluated on the test split (`python -m eval.sweep`). H alone rewards a small KL per component, "
                f"so it is read beside bits/dim, PSNR and the active components; target: {HARMONIC_TARGET}."),
-        Table(["latent", "β", "bits/dim", "PSNR (dB)", "H", "n", "k", "KL (nats)", "active", "target"], rows,
+        Table(["latent", "β", "KL held at", "bits/dim", "PSNR (dB)", "H", "n", "k", "KL (nats)", "active", "target"],
+              rows,
               marked=[i for i, m in enumerate(misses) if not m])]
     if (folder / "sweep.png").is_file():
         section.blocks.append(Figures([Figure(folder / "sweep.png", "harmonic metric H against bits/dim and against "

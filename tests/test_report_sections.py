@@ -92,7 +92,7 @@ def test_sweep_section_tables_every_configuration_and_highlights_the_target(tiny
                _sweep_result(2048, 0.5, 5.95, 0.55, 40)]  # too many bits/dim, too few active components
     sweep = _write_sweep(tmp_path / "sweep", results)
     text = write_report(tmp_path / "report", ReportInputs(run=tiny_run, sweep_dir=sweep)).page.read_text()
-    section = _section(text, "Latent size and β sweep")
+    section = _section(text, "Latent size, β and rate sweep")
     assert "20 minutes" in section and "--preset tiny" in section
     rows = re.findall(r"<tr( class='mark')?><td class='num'>([\d,]+)</td><td>([\d.]+)</td>", section)
     assert [(latent, beta, bool(mark)) for mark, latent, beta in rows] == [
@@ -108,7 +108,7 @@ def test_sweep_section_tables_every_configuration_and_highlights_the_target(tiny
 def test_sweep_section_marks_nothing_when_no_configuration_meets_the_target(tiny_run, tmp_path):
     sweep = _write_sweep(tmp_path / "sweep", [_sweep_result(16, 1.0, 8.3, 0.17, 13)])
     section = _section(write_report(tmp_path / "report", ReportInputs(run=tiny_run, sweep_dir=sweep)).page.read_text(),
-                       "Latent size and β sweep")
+                       "Latent size, β and rate sweep")
     assert "misses: bits/dim > 5.8, active < 64" in section and "class='mark'" not in section
 
 
