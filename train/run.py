@@ -560,6 +560,8 @@ def finish(run: Run) -> None:
         (run.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(f"done at step {state.step}; checkpoint {final}")
     accelerator.end_training()
+    if torch.distributed.is_initialized():  # stop the process group's threads before the interpreter's teardown
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
