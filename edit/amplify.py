@@ -19,7 +19,7 @@ import torch
 from common.plots import save_effect_curves, save_grid
 from edit.common import (GRID_SCALE, EditContext, EditError, EditSettings, change_region, choose_rows, edit_metrics,
                          grey_change, parse_ints, principal_axes, to_images)
-from model.likelihood import kl_diag_gaussian_per_dim, to_model_range
+from model.metrics import kl_diag_gaussian_per_dim, to_model_range
 from model.split_pass import ACTIVE_THRESHOLD
 
 NAMED_CHANGE = 0.4  # a subject counts as showing the named attribute when the judge's probability moves this much

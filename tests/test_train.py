@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.likelihood import LIKELIHOODS
+from model.likelihoods import LIKELIHOODS
 from train.checkpoint import CheckpointError, list_checkpoints, load_vae
 from train.objective import AdversarialPhases, VAEObjective, kl_weight, lr_factor
 from train.perceptual import PerceptualError, build_perceptual
