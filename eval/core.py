@@ -131,18 +131,12 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
     warnings += _data_warnings(loader.split.dataset, trained_on)
     if likelihood.eval_note:
         warnings.append(likelihood.eval_note)
-    # The first images of the split, read once for the rank-0 extras (the AAE's discriminator, sample quality).
-    subset = (first_images(split_dir, options.quality_images)
-              if rank == 0 and (cfg.model == "aae" or options.judge) else None)
-    adversarial = None
-    if cfg.model == "aae" and rank == 0:
-        from eval.sample_quality import discriminator_accuracy
-
-        adversarial = discriminator_accuracy(vae, subset, options.seed)
+    # Rank 0's extras: the model kind's own numbers (the AAE's discriminator) and sample quality.
+    kind_diagnostics = cfg.kind.diagnostics(vae, split_dir, options.quality_images, options.seed) if rank == 0 else {}
     quality = None
     if options.judge and rank == 0:
         log(f"sample quality in the feature space of {options.judge} ({options.quality_images} images)")
-        quality = _sample_quality(vae, split_dir, subset, options, device)
+        quality = _sample_quality(vae, split_dir, first_images(split_dir, options.quality_images), options, device)
     return {
         "split": str(split_dir),
         "split_name": split_dir.name,
@@ -170,7 +164,7 @@ def evaluate(vae: VAE, split_dir: Path | str, device: torch.device | str, option
                      "formula": HARMONIC_FORMULA, "caveat": CAVEAT} if "harmonic" in metrics else None,
         "active_threshold": ACTIVE_THRESHOLD,
         "prior_match": prior_match(sums),
-        "discriminator_accuracy": adversarial,
+        **kind_diagnostics,
         "per_component": {"kl": (sums["kl_per_dim"] / metrics["images"]).tolist(),
                           "mu_variance": variance.tolist()},
         "fixed_sigma": fixed,

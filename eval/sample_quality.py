@@ -46,16 +46,6 @@ def split_mean_image(split_dir) -> torch.Tensor:
 
 
 @torch.no_grad()
-def discriminator_accuracy(vae: VAE, images: torch.Tensor, seed: int) -> float:
-    """The adversarial autoencoder's discriminator on a split: the share of prior draws it calls real and of the
-    images' codes it calls fake (0.5: the codes are as prior-like as the discriminator can tell)."""
-    mu = vae.encode_means(images)
-    prior = torch.randn(mu.shape, generator=torch.Generator().manual_seed(seed))
-    real, fake = vae.discriminator(prior.to(mu.device)), vae.discriminator(mu)
-    return float(((real > 0).float().mean() + (fake < 0).float().mean()) / 2)
-
-
-@torch.no_grad()
 def sample_quality(vae: VAE, judge: AttributeClassifier, images: torch.Tensor, mean_image: torch.Tensor,
                    reference: torch.Tensor, seed: int, batch_size: int = 256) -> dict:
     """Fréchet distances (judge features) from `images` to their reconstructions at mu, to prior samples at each

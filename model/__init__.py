@@ -15,6 +15,8 @@ the first two through rgb_conditionals.
 
 Presets: tiny, cpu (the CPU recipe: no full-resolution blocks, last_upsample="pixel_shuffle",
 decoder_norm="none", gaussian_rgb, latent 256), base, large; any VAEConfig field overrides a preset's.
+Model kinds (VAEConfig.model: vae, ae, aae): model.kinds, one object each (`cfg.kind`): whether the latent is a
+point, the modules the kind adds (the AAE's discriminator), its own eval numbers.
 Layers live in model.layers, blocks in model.blocks, the networks and presets in model.vae.
 """
 
@@ -40,7 +42,8 @@ from .metrics import (
     to_model_range,
     to_uint8,
 )
-from .vae import MODELS, PRESETS, VAE, Decoder, Encoder, VAEConfig, VAEOutput, create_vae
+from .kinds import KINDS, ModelKind
+from .vae import MODELS, PRESETS, VAE, Decoder, Encoder, EncoderDecoder, VAEConfig, VAEOutput, create_vae
 
 __all__ = [
     "VAE",
@@ -48,6 +51,9 @@ __all__ = [
     "VAEOutput",
     "Encoder",
     "Decoder",
+    "EncoderDecoder",
+    "KINDS",
+    "ModelKind",
     "PRESETS",
     "LIKELIHOODS",
     "Likelihood",

@@ -23,10 +23,11 @@ import torch.nn as nn
 
 from .blocks import DownBlock, ResNeXtBottleneck, UpBlock
 from .layers import num_groups
+from .kinds import KINDS, ModelKind, get as get_kind
 from .likelihoods import create as create_likelihood, get as get_likelihood
 from .metrics import to_model_range
 
-MODELS = ("vae", "ae", "aae")
+MODELS = tuple(KINDS)
 
 
 @dataclass
@@ -44,10 +45,8 @@ class VAEConfig:
     # Decoder likelihood: a name in model.likelihoods.LIKELIHOODS (gaussian_fixed, gaussian_learned,
     # gaussian_shared, gaussian_rgb, logistic_mixture, categorical, bernoulli), each documented in its class.
     likelihood: str = "gaussian_learned"
-    # "vae"; "ae": the deterministic autoencoder of seeds 001-003 (a point latent z = mu, reconstruction loss
-    # only; no posterior variance, so no KL, ELBO or harmonic metric, and prior samples mean nothing); "aae": the
-    # adversarial autoencoder of Makhzani et al. (a point latent whose aggregate distribution a discriminator on z
-    # pulls toward N(0, I)).
+    # The model kind, a name in model.kinds.KINDS: "vae", "ae" (deterministic autoencoder), "aae" (adversarial
+    # autoencoder), each documented there.
     model: str = "vae"
     discriminator_width: int = 256  # "aae": hidden width of the latent discriminator
     num_mixtures: int = 10  # components of the logistic mixture (10K decoder output channels)
@@ -91,8 +90,7 @@ class VAEConfig:
         self.enc_logvar_range = tuple(float(v) for v in self.enc_logvar_range)
         if len(self.channels) != len(self.depths) or not self.channels:
             raise ValueError(f"channels {self.channels} and depths {self.depths} need equal, nonzero length")
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        get_kind(self.model)
         get_likelihood(self.likelihood).check(self)
         if self.image_size % (2 ** len(self.channels)) != 0:
             raise ValueError(f"image_size {self.image_size} not divisible by 2**{len(self.channels)}")
@@ -119,9 +117,13 @@ class VAEConfig:
             self.bottleneck_channels = max(16, 8 * math.ceil(need / 8))
 
     @property
+    def kind(self) -> ModelKind:
+        return get_kind(self.model)
+
+    @property
     def point_latent(self) -> bool:
         """The autoencoders (ae, aae): z = mu, no posterior variance, so no KL, ELBO or harmonic metric."""
-        return self.model != "vae"
+        return self.kind.point_latent
 
     @property
     def latent_resolution(self) -> int:
@@ -217,7 +219,7 @@ class Encoder(nn.Module):
         self.act = nn.SiLU()
         self.conv_out = nn.Conv2d(c, cfg.bottleneck_channels, 3, padding=1)
         flat = cfg.latent_resolution**2 * cfg.bottleneck_channels
-        self.to_latent = nn.Linear(flat, (1 if cfg.point_latent else 2) * cfg.latent_dim)  # AE, AAE: mu only
+        self.to_latent = nn.Linear(flat, cfg.kind.latent_outputs(cfg.latent_dim))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mu, logvar) of the posterior; logvar is None for the deterministic autoencoder (z = mu)."""
@@ -273,35 +275,17 @@ class Decoder(nn.Module):
         return self.likelihood.head(out, self)
 
 
-class LatentDiscriminator(nn.Module):
-    """The adversarial autoencoder's critic: z [B, d] -> the logit that z was drawn from the prior N(0, I)."""
+class EncoderDecoder(nn.Module):
+    """The encoder, the decoder and the pass through them: what the reconstruction step trains, for every kind."""
 
-    def __init__(self, latent_dim: int, width: int):
+    def __init__(self, encoder: Encoder, decoder: Decoder):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
-                                 nn.Linear(width, 1))
+        self.cfg = encoder.cfg
+        self.encoder = encoder
+        self.decoder = decoder
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.float()).squeeze(1)
-
-
-class VAE(nn.Module):
-    def __init__(self, cfg: VAEConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
-        if cfg.model == "aae":
-            self.discriminator = LatentDiscriminator(cfg.latent_dim, cfg.discriminator_width)
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.encoder(x)
-
-    @torch.no_grad()
-    def encode_means(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """uint8 [N,3,H,W] on any device -> the posterior means (the codes) [N, d] on the model's device."""
-        device = next(self.parameters()).device
-        return torch.cat([self.encoder(to_model_range(part.to(device)))[0] for part in images.split(batch_size)])
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decoder(z)
@@ -324,9 +308,34 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, generator, eps) if sample_posterior and logvar is not None else mu
         x_mean, x_params = self.decode(z)
-        if self.training:  # e.g. sigma-VAE: the batch's closed-form optimal sigma, folded into the running one
+        # The decoder's mode, not this module's: a view made by `VAE.autoencoder` follows the model's train/eval.
+        if self.decoder.training:  # e.g. sigma-VAE: the batch's closed-form optimal sigma, folded into the running one
             x_params = self.decoder.likelihood.batch_params(x, x_mean, x_params, self.decoder)
         return VAEOutput(mu, logvar, z, x_mean, x_params)
+
+
+class VAE(EncoderDecoder):
+    """The model of any kind (`cfg.kind`): the encoder and decoder, and the modules the kind adds (the AAE's
+    discriminator)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__(Encoder(cfg), Decoder(cfg))
+        self.cfg = cfg
+        extras = cfg.kind.extra_modules(cfg)
+        for name, module in extras.items():
+            self.add_module(name, module)
+        self.extra_names = tuple(extras)
+
+    def autoencoder(self) -> EncoderDecoder:
+        """The encoder and decoder alone, sharing this model's modules: what the trainer's reconstruction step
+        (and its DDP wrapper) trains; a kind's extra modules are trained by the kind's own phases."""
+        return EncoderDecoder(self.encoder, self.decoder) if self.extra_names else self
+
+    @torch.no_grad()
+    def encode_means(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """uint8 [N,3,H,W] on any device -> the posterior means (the codes) [N, d] on the model's device."""
+        device = next(self.parameters()).device
+        return torch.cat([self.encoder(to_model_range(part.to(device)))[0] for part in images.split(batch_size)])
 
     @torch.no_grad()
     def sample(

@@ -52,9 +52,10 @@ from train.checkpoint import VAE_FOLDER, checkpoint_name, commit_checkpoint, lat
 from train.config import TrainConfig
 from train.recipes import RecipeChoice, resolve
 from train.figures import save_samples, write_figures
-from train.objective import EMA, STAT_NAMES, AdversarialPhases, VAEObjective, kl_weight, lr_factor
+from train.objective import EMA, VAEObjective, kl_weight, lr_factor
 from train.perceptual import build_perceptual
 from train.rate import RateControl
+from train.phases import ExtraPhases, extra_phases
 from train.step import TrainStep, make_optimizer
 
 console = Console()
@@ -80,7 +81,7 @@ class TrainerState:
 
     step: int
     planned_steps: int  # --minutes: the step count the budget holds, fixed after the first steps (0: not yet)
-    epoch_sums: torch.Tensor  # this rank's sums of the STAT_NAMES over the epoch's images, then their count
+    epoch_sums: torch.Tensor  # this rank's sums of the step's stat_names over the epoch's images, then their count
     code_sums: torch.Tensor  # this rank's sum of the codes mu since the last recentring, then their count
     steps_log: list[dict] = field(default_factory=list)
     epochs_log: list[dict] = field(default_factory=list)
@@ -136,7 +137,7 @@ class Run:
     ema_vae: VAE  # the EMA weights are copied in to validate, draw and export
     train_step: TrainStep
     optimizer: torch.optim.Optimizer
-    adversarial: AdversarialPhases | None  # the adversarial autoencoder's regularisation phase
+    phases: ExtraPhases | None  # the model kind's own phases (the adversarial autoencoder's)
     state: TrainerState
     window: LogWindow
     progress: Progress
@@ -216,20 +217,16 @@ def setup(cfg: TrainConfig, model_cfg: VAEConfig, choice: RecipeChoice) -> Run:
     vae = VAE(model_cfg).to(device)
     perceptual = build_perceptual(cfg.perceptual, device) if cfg.perceptual else None
     objective = VAEObjective(vae, perceptual, cfg.perceptual_weight)
-    adversarial = (AdversarialPhases(vae, cfg.aae_lambda, cfg.weight_decay, cfg.grad_clip)
-                   if model_cfg.model == "aae" else None)
+    phases = extra_phases(vae, cfg)  # the AAE's adversarial phases, beside the reconstruction step
     optimizer = make_optimizer(vae, cfg.lr, cfg.weight_decay)
     ema = EMA(vae, cfg.ema_decay)
     ema_vae = copy.deepcopy(vae).eval().requires_grad_(False)
 
     # Compile once (not per epoch), then DDP.
     step_module = torch.compile(objective) if compiles(cfg) else objective
-    if adversarial is not None:  # the AAE's discriminator is in the model, not in the step DDP synchronises
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            step_module, [name for name, _ in step_module.named_parameters() if ".discriminator." in name])
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     rate = RateControl(cfg.rate_target, cfg.rate_lr, cfg.beta, device) if cfg.rate_target else None
-    train_step = TrainStep(vae, step_module, optimizer, ema, accelerator, cfg.grad_clip, adversarial, rate)
+    train_step = TrainStep(vae, step_module, optimizer, ema, accelerator, cfg.grad_clip, phases, rate)
     state = TrainerState(0, 0, train_step.epoch_sums, train_step.code_sums)
     main_process = accelerator.is_main_process
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -237,7 +234,7 @@ def setup(cfg: TrainConfig, model_cfg: VAEConfig, choice: RecipeChoice) -> Run:
                         disable=not main_process)
     bar = progress.add_task("train", total=len(train_loader), epoch=0, stats="")
     run = Run(cfg, choice, accelerator, train_loader, valid_loader, vae, ema, ema_vae, train_step, optimizer,
-              adversarial, state, LogWindow(), progress, bar,
+              phases, state, LogWindow(), progress, bar,
               open(cfg.out_path / "metrics.jsonl", "a") if main_process else None,
               # The first 16 test images, fixed across epochs: 8 to reconstruct, 4 pairs to interpolate between.
               first_images(shards / "test", 16).to(device) if cfg.figures and main_process else None)
@@ -305,8 +302,8 @@ def resume(run: Run, path: Path, trainer: dict) -> None:
     run.ema.load_state_dict(load_file(path / VAE_FOLDER / MODEL_WEIGHTS))
     run.optimizer.load_state_dict(trainer["optimizer"])
     run.train_step.attach(run.optimizer)
-    for optimizer, saved in zip(run.adversarial.optimizers if run.adversarial else (), trainer["adversarial"]):
-        optimizer.load_state_dict(saved)
+    if run.phases is not None:
+        run.phases.load_state_dict(trainer["phases"])
     if run.train_step.rate is not None and trainer["rate"] is not None:  # None: a run that switched it on here
         run.train_step.rate.load_state_dict(trainer["rate"])
     run.state.load_state_dict(trainer["state"], accelerator.process_index, accelerator.num_processes)
@@ -464,7 +461,7 @@ def log_steps(run: Run) -> None:
     state, window, world = run.state, run.window, run.accelerator.num_processes
     elapsed = time.perf_counter() - window.started
     window_sums = run.train_step.window_sums
-    means = dict(zip(STAT_NAMES, (run.accelerator.reduce(window_sums, "sum") / (window.steps * world)).tolist()))
+    means = dict(zip(run.train_step.stat_names, (run.accelerator.reduce(window_sums, "sum") / (window.steps * world)).tolist()))
     window_sums.zero_()
     harmonic = harmonic_metric(means["discretized_nll"], means["kl"], latent_dim=run.vae.cfg.latent_dim)
     record = {"kind": "step", "step": state.step, "epoch": state.epoch, "images": run.images, **means,
@@ -488,7 +485,7 @@ def end_of_epoch(run: Run) -> None:
     stop_if_nonfinite(run)
     state, accelerator, latent = run.state, run.accelerator, run.vae.cfg.latent_dim
     sums = accelerator.reduce(state.epoch_sums, "sum").tolist()
-    train_means = dict(zip(STAT_NAMES, [value / sums[-1] for value in sums[:-1]]))
+    train_means = dict(zip(run.train_step.stat_names, [value / sums[-1] for value in sums[:-1]]))
     run.ema.copy_to(run.ema_vae)
     run.valid_loader.set_epoch(0)
     with accelerator.autocast():
@@ -527,7 +524,7 @@ def save_checkpoint(run: Run) -> Path:
         save_file({name: value.contiguous() for name, value in run.vae.state_dict().items()},
                   partial / TRAINING_WEIGHTS)
         torch.save({"optimizer": run.optimizer.state_dict(),
-                    "adversarial": [o.state_dict() for o in (run.adversarial.optimizers if run.adversarial else ())],
+                    "phases": run.phases.state_dict() if run.phases else [],
                     "rate": run.train_step.rate.state_dict() if run.train_step.rate else None,
                     "state": state.state_dict(rank_sums.cpu()), "batch_size": cfg.batch_size,
                     "world_size": accelerator.num_processes}, partial / TRAINER_STATE)

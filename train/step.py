@@ -16,14 +16,16 @@ from accelerate import Accelerator
 
 from model.noise import POSTERIOR, PRIOR, keyed_normal
 from model.vae import VAE
-from train.objective import EMA, STAT_NAMES, AdversarialPhases
+from train.objective import EMA, STAT_NAMES
+from train.phases import ExtraPhases
 from train.rate import RateControl
 
 
 def make_optimizer(vae: VAE, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """Fused AdamW over the autoencoder's parameters (not the AAE's discriminator, which has its own), no decay on
-    biases and norms. Fused: one kernel per step, a tensor learning rate and a skip flag; the CPU has it too."""
-    autoencoder = [p for name, p in vae.named_parameters() if not name.startswith("discriminator.")]
+    """Fused AdamW over the encoder and decoder (a model kind's extra modules have their own, `train.phases`), no
+    decay on biases and norms. Fused: one kernel per step, a tensor learning rate and a skip flag; the CPU has it
+    too."""
+    autoencoder = list(vae.autoencoder().parameters())
     return torch.optim.AdamW([{"params": [p for p in autoencoder if p.ndim >= 2], "weight_decay": weight_decay},
                               {"params": [p for p in autoencoder if p.ndim < 2], "weight_decay": 0.0}], lr=lr,
                              betas=(0.9, 0.99), fused=True)
@@ -31,14 +33,16 @@ def make_optimizer(vae: VAE, lr: float, weight_decay: float) -> torch.optim.Adam
 
 class TrainStep:
     """One optimizer step of the (compiled, DDP-wrapped) objective: clip, fused AdamW, EMA, and the running sums
-    the trainer keeps (the epoch's stat sums, the codes' sums for the recentring, the log window's stats)."""
+    the trainer keeps (the epoch's stat sums, the codes' sums for the recentring, the log window's stats), then
+    the model kind's own phases, if it has any."""
 
     def __init__(self, vae: VAE, module: torch.nn.Module, optimizer, ema: EMA, accelerator: Accelerator,
-                 grad_clip: float, adversarial: AdversarialPhases | None = None, rate: RateControl | None = None):
+                 grad_clip: float, phases: ExtraPhases | None = None, rate: RateControl | None = None):
         device = accelerator.device
         self.vae, self.module, self.optimizer, self.ema, self.accelerator = vae, module, optimizer, ema, accelerator
-        self.adversarial, self.rate = adversarial, rate
-        self.params = list(vae.parameters())
+        self.phases, self.rate = phases, rate
+        self.stat_names = STAT_NAMES + (phases.stat_names if phases else ())
+        self.params = list(vae.autoencoder().parameters())
         self.grad_clip = grad_clip if grad_clip > 0 else math.inf
         self.kl_weight = torch.zeros((), device=device)
         self.lr = torch.zeros((), device=device)
@@ -46,9 +50,9 @@ class TrainStep:
         self.nonfinite = torch.zeros((), device=device)
         self.first_nonfinite = torch.zeros((), dtype=torch.long, device=device)
         self.attach(optimizer)
-        self.epoch_sums = torch.zeros(len(STAT_NAMES) + 1, device=device, dtype=torch.float64)  # + image count
+        self.epoch_sums = torch.zeros(len(self.stat_names) + 1, device=device, dtype=torch.float64)  # + image count
         self.code_sums = torch.zeros(vae.cfg.latent_dim + 1, device=device, dtype=torch.float64)  # + code count
-        self.window_sums = torch.zeros(len(STAT_NAMES), device=device)
+        self.window_sums = torch.zeros(len(self.stat_names), device=device)
 
     def attach(self, optimizer) -> None:
         """Point the (Accelerate-wrapped) optimizer at the step's rate and flag; again after loading its state."""
@@ -78,10 +82,13 @@ class TrainStep:
         self.nonfinite.copy_(torch.maximum(self.nonfinite, bad.float()))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.adversarial is not None and not self.nonfinite.item():  # an eager phase that waits on the host anyway
-            with self.accelerator.autocast():
-                stats[-3:] = self.adversarial.step(images, codes, keyed_normal(seeds, 1, latent, PRIOR)[0], lr,
-                                                   lambda t: self.accelerator.reduce(t, "mean"))
+        if self.phases is not None:  # eager phases that wait on the host anyway
+            extra = torch.zeros(len(self.phases.stat_names), device=stats.device)
+            if not self.nonfinite.item():
+                with self.accelerator.autocast():
+                    extra = self.phases.step(images, codes, keyed_normal(seeds, 1, latent, PRIOR)[0], lr,
+                                             lambda t: self.accelerator.reduce(t, "mean"))
+            stats = torch.cat([stats, extra])
         good = self.nonfinite == 0
         if kl_weight is None:  # the run's mean KL (every rank's batch), so every rank holds the same multiplier
             kl = self.accelerator.reduce(stats[STAT_NAMES.index("kl")].detach(), "mean")
