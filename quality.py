@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.errors import UserError, report_user_error
+from common.folders import read_json
 
 console = Console()
 
@@ -85,12 +86,7 @@ class QualityError(UserError):
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise QualityError(f"{path}: not found (run the demo, or eval with --judge and the guide edit, first)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise QualityError(f"{path}: not JSON ({err})") from err
+    return read_json(path, QualityError, "run the demo, or eval with --judge and the guide edit, first")
 
 
 def checks(eval_report: dict, guide_report: dict | None, data: str) -> list[dict]:

@@ -21,15 +21,20 @@ def save_folder(folder: Path, weights_name: str, json_name: str, weights: dict[s
     (folder / json_name).write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def read_json(path: Path, error: type[UserError], missing: str) -> dict:
+    """A JSON file; missing (`missing` says why it matters) or unreadable raises `error` naming the file."""
+    if not path.is_file():
+        raise error(f"{path}: missing; {missing}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err})") from None
+
+
 def read_meta(folder: Path, weights_name: str, json_name: str, error: type[UserError]) -> dict:
     """The folder's JSON; missing or unreadable raises `error` naming the file."""
-    meta_path = Path(folder) / json_name
-    if not meta_path.is_file():
-        raise error(f"{meta_path}: missing; cannot tell which architecture {Path(folder) / weights_name} is")
-    try:
-        return json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise error(f"{meta_path}: not valid JSON ({err})") from None
+    return read_json(Path(folder) / json_name, error,
+                     f"cannot tell which architecture {Path(folder) / weights_name} is")
 
 
 def load_weights(module: torch.nn.Module, weights: Path, meta_path: Path, error: type[UserError]) -> None:
