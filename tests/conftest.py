@@ -83,3 +83,14 @@ def tiny_run(synthetic_shards, tmp_path_factory) -> Path:
     assert train_main(["--shards", str(synthetic_shards), "--out", str(run), "--preset", "tiny", "--epochs", "2",
                        "--batch-size", "16", "--compile", "off", "--precision", "fp32", "--log-every", "2"]) == 0
     return run
+
+
+# Fixtures that train models or run the whole demo (a minute or more each): every test using one is in the slow
+# tier, which `pytest -m "not slow"` leaves out for a quick edit-test loop.
+TRAINING_FIXTURES = ("trained", "demo_work")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(name in item.fixturenames for name in TRAINING_FIXTURES):
+            item.add_marker(pytest.mark.slow)

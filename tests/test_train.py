@@ -154,7 +154,7 @@ GPU_PATH = ("--compile", "on", "--precision", "bf16")  # what a GPU run does by 
 
 def _torchrun(shards: Path, out: Path, *flags: str) -> dict:
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517",
+    command = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2",
                str(REPO / "train" / "run.py"), "--shards", str(shards), "--out", str(out), *TINY, *flags]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -352,23 +352,14 @@ def _initial_weights() -> dict[str, torch.Tensor]:
     return create_vae("tiny").state_dict()
 
 
-def _port_torchrun(shards: Path, out: Path, port: int, *flags: str) -> dict:
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port),
-               str(REPO / "train" / "run.py"), "--shards", str(shards), "--out", str(out), *TINY, *flags]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((out / "train_summary.json").read_text())
-
-
 @pytest.mark.slow
 def test_two_processes_train_the_adversarial_autoencoder_in_sync(synthetic_shards, tmp_path):
     """The AAE's discriminator lies outside the DDP-wrapped reconstruction step; its own phases average their
     gradients by hand. Two ranks end with the same weights, discriminator included, and resume from its state."""
     out = tmp_path / "aae"
     flags = ("--model", "aae", "--epochs", "1", "--no-figures")
-    _port_torchrun(synthetic_shards, out, 29525, *flags, "--max-steps", "2")
-    summary = _port_torchrun(synthetic_shards, out, 29526, *flags, "--max-steps", "4", "--resume", "latest")
+    _torchrun(synthetic_shards, out, *flags, "--max-steps", "2")
+    summary = _torchrun(synthetic_shards, out, *flags, "--max-steps", "4", "--resume", "latest")
     assert summary["step"] == 4 and summary["ranks_in_sync"]
     weights = _training_weights(list_checkpoints(out)[-1])
     assert any(name.startswith("discriminator.") for name in weights)
@@ -390,15 +381,15 @@ def test_one_and_two_processes_train_alike_and_resume_each_other(synthetic_shard
     one, one_stopped, two, two_stopped = (tmp_path / name for name in ("one", "one3", "two", "two3"))
     _run(synthetic_shards, one, *flags, "--max-steps", "6")
     _run(synthetic_shards, one_stopped, *flags, "--max-steps", "3")
-    _port_torchrun(synthetic_shards, two, 29521, *flags, "--max-steps", "6")
-    _port_torchrun(synthetic_shards, two_stopped, 29522, *flags, "--max-steps", "3")
+    _torchrun(synthetic_shards, two, *flags, "--max-steps", "6")
+    _torchrun(synthetic_shards, two_stopped, *flags, "--max-steps", "3")
     two_to_one, one_to_two = tmp_path / "two-to-one", tmp_path / "one-to-two"
     shutil.copytree(two_stopped, two_to_one)
     shutil.copytree(one_stopped, one_to_two)
-    summary = _port_torchrun(synthetic_shards, two_stopped, 29523, *flags, "--max-steps", "6", "--resume", "latest")
+    summary = _torchrun(synthetic_shards, two_stopped, *flags, "--max-steps", "6", "--resume", "latest")
     assert summary["step"] == 6 and summary["images"] == 96 and summary["ranks_in_sync"]
     _run(synthetic_shards, two_to_one, *flags, "--max-steps", "6", "--resume", "latest")
-    _port_torchrun(synthetic_shards, one_to_two, 29524, *flags, "--max-steps", "6", "--resume", "latest")
+    _torchrun(synthetic_shards, one_to_two, *flags, "--max-steps", "6", "--resume", "latest")
 
     def schedule(run: Path) -> list[tuple]:  # what each logged step trained with, against the images seen
         return [(r["images"], r["lr"], r["kl_weight"]) for r in map(json.loads, (run / "metrics.jsonl").open())
