@@ -85,9 +85,10 @@ def tiny_run(synthetic_shards, tmp_path_factory) -> Path:
     return run
 
 
-# Fixtures that train models or run the whole demo (a minute or more each): every test using one is in the slow
-# tier, which `pytest -m "not slow"` leaves out for a quick edit-test loop.
-TRAINING_FIXTURES = ("trained", "demo_work")
+# Fixtures that train models or run the whole demo (seconds to minutes each): every test using one is in the slow
+# tier, as are the tests marked so (training, compiling, several processes); `pytest -m "not slow"` leaves them
+# out for a quick edit-test loop.
+TRAINING_FIXTURES = ("trained", "demo_work", "checkpoints", "tiny_run")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

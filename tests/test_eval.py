@@ -111,6 +111,7 @@ def _independent(checkpoint: Path, split: Path, seed: int, iw_samples: int) -> d
     return {name: value / count for name, value in sums.items()} | {"images": count}
 
 
+@pytest.mark.slow
 def test_eval_totals_match_an_independent_per_image_computation(checkpoints, synthetic_shards):
     split = synthetic_shards / "test"
     report = _evaluate(checkpoints["learned"], split, seed=3, iw_samples=3, batch_size=8)
@@ -148,6 +149,7 @@ def test_harmonic_metric_and_bits_per_dim_on_hand_computed_values():
     assert summary["harmonic"] == pytest.approx(0.8) and summary["active_units"] == 128  # Var = 1/4 - 0 > 0.01
 
 
+@pytest.mark.slow
 def test_importance_weighted_bound_equals_the_elbo_at_k1_and_is_tighter_beyond(checkpoints, synthetic_shards):
     split = synthetic_shards / "test"
     one = _evaluate(checkpoints["learned"], split, iw_samples=1, reconstructions=False)["metrics"]
@@ -174,6 +176,7 @@ def _assert_same(a: dict, b: dict, rel: float = 1e-5) -> None:
         assert a[name] == pytest.approx(b[name], rel=rel, abs=1e-9), name
 
 
+@pytest.mark.slow
 def test_batch_size_and_loader_do_not_change_the_result(checkpoints, synthetic_shards):
     split = synthetic_shards / "test"
     reference = _scalars(_evaluate(checkpoints["learned"], split, iw_samples=2, batch_size=64))
@@ -184,6 +187,7 @@ def test_batch_size_and_loader_do_not_change_the_result(checkpoints, synthetic_s
     assert other_seed["discretized_nll"] != reference["discretized_nll"]  # the seed does matter
 
 
+@pytest.mark.slow
 def test_dali_loader_gives_the_same_numbers(checkpoints, synthetic_shards):
     pytest.importorskip("nvidia.dali")
     split = synthetic_shards / "test"
@@ -210,6 +214,7 @@ def test_one_rank_and_two_ranks_agree(checkpoints, synthetic_shards):
     _assert_same(double, single)
 
 
+@pytest.mark.slow
 def test_two_real_processes_give_the_one_process_numbers(checkpoints, synthetic_shards, tmp_path):
     common = ["--checkpoint", str(checkpoints["learned"]), "--shards", str(synthetic_shards / "test"), "-K", "2",
               "--batch-size", "4"]
@@ -224,6 +229,7 @@ def test_two_real_processes_give_the_one_process_numbers(checkpoints, synthetic_
     _assert_same(_scalars(two), _scalars(one))
 
 
+@pytest.mark.slow
 def test_fixed_sigma_model_gets_the_best_global_sigma_fitted_on_valid(checkpoints, synthetic_shards):
     report = _evaluate(checkpoints["fixed"], synthetic_shards / "test", iw_samples=0)
     fixed = report["fixed_sigma"]
@@ -250,6 +256,7 @@ def test_fixed_sigma_model_gets_the_best_global_sigma_fitted_on_valid(checkpoint
 # ----------------------------------------------------------------------------- the commands
 
 
+@pytest.mark.slow
 def test_eval_command_writes_table_json_figure_and_the_caveat(checkpoints, synthetic_shards, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--checkpoint", str(checkpoints["collapsed"]), "--shards", str(synthetic_shards / "test"), "-K", "2",
@@ -267,6 +274,7 @@ def test_eval_command_writes_table_json_figure_and_the_caveat(checkpoints, synth
     assert any("fewer than a quarter" in warning for warning in report["warnings"])
 
 
+@pytest.mark.slow
 def test_bonus_1_gives_the_numbers_eval_gives(checkpoints, synthetic_shards, tmp_path, capsys):
     common = ["--checkpoint", str(checkpoints["learned"]), "--shards", str(synthetic_shards / "test")]
     assert eval_main([*common, "-K", "3", "--out", str(tmp_path)]) == 0
@@ -323,6 +331,7 @@ def test_bad_input_is_one_clear_line_naming_the_path(command, bad, checkpoints, 
         assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_bonus_1_script_fails_without_a_traceback(synthetic_shards, tmp_path):
     missing = tmp_path / "missing-checkpoint"
     result = subprocess.run([sys.executable, str(REPO / "bonus_1.py"), "--shards", str(synthetic_shards / "test"),
@@ -333,6 +342,7 @@ def test_bonus_1_script_fails_without_a_traceback(synthetic_shards, tmp_path):
 
 @pytest.mark.parametrize("likelihood", ["gaussian_fixed", "gaussian_learned", "gaussian_shared", "gaussian_rgb",
                                         "logistic_mixture", "categorical", "bernoulli"])
+@pytest.mark.slow
 def test_every_decoder_likelihood_trains_and_evaluates(likelihood, synthetic_shards, tmp_path):
     """A few steps with each decoder, then eval (discretized NLL >= 0, finite bound, PSNR) on its checkpoint."""
     from train.run import main as train_main
@@ -371,6 +381,7 @@ def test_frechet_distance_known_answers():
     assert frechet_distance(a, scaled) == pytest.approx(float(torch.cov(a.double().T).trace()) * 0.25, rel=1e-8)
 
 
+@pytest.mark.slow
 def test_eval_with_a_judge_reports_sample_quality(tiny_run, synthetic_shards, tmp_path, capsys):
     from model.classifier import AttributeClassifier, ClassifierConfig, save_classifier
 
@@ -390,6 +401,7 @@ def test_eval_with_a_judge_reports_sample_quality(tiny_run, synthetic_shards, tm
     assert "other readings of H, not the project's" in printed
 
 
+@pytest.mark.slow
 def test_sweep_trains_and_scores_every_configuration(synthetic_shards, tmp_path):
     from eval.sweep import main as sweep_main
 
@@ -409,6 +421,7 @@ def test_sweep_trains_and_scores_every_configuration(synthetic_shards, tmp_path)
     assert (out / "latent16-beta1" / "eval" / "eval-test.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_latent_maps_of_a_2d_model_and_of_a_larger_one(synthetic_shards, tmp_path, capsys):
     from train.run import main as train_main
 
@@ -428,6 +441,7 @@ def test_latent_maps_of_a_2d_model_and_of_a_larger_one(synthetic_shards, tmp_pat
     assert "unknown attribute 'Eyeglases'; close matches: Eyeglasses" in " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.slow
 def test_deterministic_autoencoder_trains_evaluates_and_refuses_the_kl_metrics(synthetic_shards, tmp_path, capsys):
     from train.run import main as train_main
 
@@ -466,6 +480,7 @@ def test_prior_match_of_known_codes():
         assert match["cov_eigenvalue_min"] == pytest.approx(scale**2, rel=0.1)
 
 
+@pytest.mark.slow
 def test_adversarial_autoencoder_pulls_the_codes_toward_the_prior(synthetic_shards, tmp_path):
     """The regularisation phase (lambda < 1) brings the codes closer to N(0, I) than lambda = 1 (a plain autoencoder:
     the phase's rate is 0) on the valid split (a 4-d latent, so its 20 images pin the covariance down), and leaves a

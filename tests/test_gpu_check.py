@@ -29,6 +29,7 @@ else:  # python SCRIPT ARGS...
 """
 
 
+@pytest.mark.slow
 def test_gpu_check_shrunk_to_the_cpu(tmp_path):
     out = tmp_path / "out"
     wrapper = tmp_path / "python"  # what gpu_check.sh calls as $PYTHON

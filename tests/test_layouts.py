@@ -267,6 +267,7 @@ def _convert(sample: Path, base: Path, every: int) -> dict[str, Path]:
     return roots
 
 
+@pytest.mark.slow
 def test_real_sample_in_the_official_and_kaggle_layouts(sample_root, tmp_path):
     roots = _convert(sample_root, tmp_path / "roots", every=16)
     digests = {}

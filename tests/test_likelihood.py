@@ -300,6 +300,7 @@ def test_mixture_matches_independent_mpmath_reference():
     torch.testing.assert_close(discretized_logistic_mixture_nll(x, raw), nll.sum().reshape(1))
 
 
+@pytest.mark.slow
 def test_mixture_masses_sum_to_one_over_all_rgb_triples():
     """Enumerate all 256^3 RGB values of one pixel for a 3-component mixture: the joint masses sum to 1."""
     k = 3
@@ -508,6 +509,7 @@ def test_rgb_covariance_nll_matches_an_independent_computation_and_the_multivari
     torch.testing.assert_close(terms.train, gaussian_nll(to_model_range(x8), mean, RGB_COV.diagonal().mean().log()))
 
 
+@pytest.mark.slow
 def test_rgb_covariance_masses_sum_to_one_over_all_rgb_triples():
     from model.likelihoods import rgb_conditionals
 
@@ -537,6 +539,7 @@ def test_rgb_covariance_with_uncorrelated_channels_is_three_independent_gaussian
 TINY_NET = dict(channels=(8, 16, 32), depths=(0, 0, 0), mid_depth=0, latent_dim=16, num_mixtures=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(LIKELIHOODS))
 def test_the_training_objective_compiles_in_one_graph_and_steps_as_eager(name):
     """fullgraph=True fails on any graph break (a float() or .item() of the running sigma would be one); two
@@ -572,6 +575,7 @@ def test_the_training_objective_compiles_in_one_graph_and_steps_as_eager(name):
         assert int(vae.decoder.shared_updates) == 2
 
 
+@pytest.mark.slow
 def test_inductor_compiles_the_running_covariance_update_and_the_nll():
     """The shared-covariance step (closed-form batch covariance, its in-place running average, the training and
     evaluation NLL, the std) as inductor code, twice: the same values, gradient and buffers as eager."""

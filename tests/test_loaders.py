@@ -206,6 +206,7 @@ def test_jpeg_shards(kind, synthetic_jpg_shards):
         check_content(split_dir, batches, pixel_tolerance=0 if kind != "dali" else 4)
 
 
+@pytest.mark.slow
 @KINDS
 def test_real_sample_two_ranks(kind, sample_shards):
     split_dir = sample_shards / "valid"
@@ -215,6 +216,7 @@ def test_real_sample_two_ranks(kind, sample_shards):
         check_content(split_dir, batches)
 
 
+@pytest.mark.slow
 def test_two_processes_with_torchrun(synthetic_shards, tmp_path):
     split_dir = synthetic_shards / "valid"
     command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", "-m", "loaders.probe",

@@ -27,6 +27,7 @@ def test_multiplier_moves_by_the_relative_excess_and_stays_in_range():
     assert torch.equal(restored.log_multiplier, rate.log_multiplier)
 
 
+@pytest.mark.slow
 def test_a_short_run_holds_the_kl_at_the_target(synthetic_shards, tmp_path):
     """Left free, this tiny model's KL settles near 230 nats; constrained to 20, the multiplier rises far above 1
     and the batch KL stays at the target."""

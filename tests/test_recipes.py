@@ -146,6 +146,7 @@ def test_the_bare_command_trains_the_cpu_recipe_and_records_why(synthetic_shards
     assert vae.cfg == VAEConfig.from_preset("cpu") and meta["recipe"] == "cpu" and meta["preset"] == "cpu"
 
 
+@pytest.mark.slow
 def test_a_non_default_decoder_norm_trains_and_loads_in_eval_bonus_and_edit(synthetic_shards, tmp_path):
     import bonus_1
     from edit.cli import main as edit_main
@@ -174,6 +175,7 @@ def test_a_non_default_decoder_norm_trains_and_loads_in_eval_bonus_and_edit(synt
     assert (tmp_path / "edit" / "amplify.json").is_file()
 
 
+@pytest.mark.slow
 def test_tensorboard_receives_the_logged_metrics(synthetic_shards, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -68,6 +68,7 @@ def test_the_toy_laplace_masses_sum_to_one_and_match_torch_distributions(laplace
     torch.testing.assert_close(nll[1:255], -mass.log(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_registered_likelihood_trains_evaluates_and_scores_through_bonus_1(laplace, synthetic_shards, tmp_path):
     run = tmp_path / "run"
     assert train_main(["--shards", str(synthetic_shards), "--out", str(run), "--preset", "tiny", "--likelihood",

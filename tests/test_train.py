@@ -69,6 +69,7 @@ def test_kl_annealing_and_lr_schedules_in_images():
     assert lr_factor(1760, 160, 1760, 0.1) == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_run_writes_figures_metrics_and_a_loadable_checkpoint(synthetic_shards, tmp_path):
     out = tmp_path / "run"
     _run(synthetic_shards, out, "--epochs", "12", "--lr", "2e-3", "--kl-anneal", "none", "--beta", "0.05")
@@ -90,6 +91,7 @@ def test_loss_falls_and_run_writes_figures_metrics_and_a_loadable_checkpoint(syn
     assert summary["ranks_in_sync"] and summary["world_size"] == 1
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(synthetic_shards, tmp_path):
     # 14 steps cross an epoch boundary (the synthetic train split gives about 12 batches of 16) and the stop
     # at step 5 is mid-epoch, so loader position, noise, optimizer, schedules and EMA state all matter; the codes
@@ -111,6 +113,7 @@ def test_resume_equals_uninterrupted(synthetic_shards, tmp_path):
         torch.testing.assert_close(ema_a[name], ema_b[name], rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_minutes_budget_ends_at_the_planned_step_with_a_validated_last_epoch(synthetic_shards, tmp_path):
     out = tmp_path / "budget"
     _run(synthetic_shards, out, "--minutes", "0.05", "--warmup-images", "80", "--no-figures")
@@ -123,6 +126,7 @@ def test_minutes_budget_ends_at_the_planned_step_with_a_validated_last_epoch(syn
     assert epochs[-1]["step"] == summary["step"]
 
 
+@pytest.mark.slow
 def test_minutes_plan_is_recorded_and_resumes_exactly(synthetic_shards, tmp_path, monkeypatch):
     import train.run
 
@@ -210,6 +214,7 @@ def test_two_compiled_bf16_processes_stay_in_sync_and_resume(synthetic_shards, t
     _check_gpu_path_run(out, synthetic_shards, summary, 2 * steps)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_last_good_state(synthetic_shards, tmp_path, monkeypatch):
     import train.run
 
@@ -272,6 +277,7 @@ def test_perceptual_loss_from_the_projects_own_classifier(tmp_path):
     assert (loss(x + 0.3 * torch.randn_like(x), x) > 0).all()
 
 
+@pytest.mark.slow
 def test_train_bench_times_variants_loaders_and_a_whole_epoch(synthetic_shards, tmp_path):
     from train.bench import main as bench_main
 
@@ -461,6 +467,7 @@ def test_the_training_step_never_reads_a_device_value_on_the_host(monkeypatch):
         assert torch.equal(value, weights[name]) and torch.equal(ema.state_dict()[name], averaged[name]), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_the_objective_compiles_to_one_graph(likelihood):
     """The training objective with its keyed noise and a tensor KL weight traces into one graph with
