@@ -69,8 +69,8 @@ def test_flags_replace_the_recipe_and_a_budget_flag_its_whole_budget(gpu_preset)
 def test_the_bonus_recipe_is_the_cpu_recipe_at_latent_2048_with_its_rate_held():
     cfg, model_cfg, choice = resolve(["--recipe", "bonus"], "cuda", H100)
     assert (choice.recipe, choice.preset) == ("bonus", "cpu")
-    assert model_cfg == VAEConfig.from_preset("cpu", latent_dim=2048)
-    assert dataclasses.asdict(cfg) == dataclasses.asdict(TrainConfig(**CPU.settings(), rate_target=650.0))
+    assert model_cfg == VAEConfig.from_preset("cpu", latent_dim=2048, bottleneck_channels=16)
+    assert dataclasses.asdict(cfg) == dataclasses.asdict(TrainConfig(**CPU.settings(), rate_target=720.0))
     _, model_cfg, _ = resolve(["--recipe", "bonus", "--latent-dim", "1024"], "cpu", "")
     assert model_cfg.latent_dim == 1024  # a flag still replaces the recipe's value
 
