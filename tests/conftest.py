@@ -87,11 +87,16 @@ def tiny_run(synthetic_shards, tmp_path_factory) -> Path:
 
 # Fixtures that train models or run the whole demo (seconds to minutes each): every test using one is in the slow
 # tier, as are the tests marked so (training, compiling, several processes); `pytest -m "not slow"` leaves them
-# out for a quick edit-test loop.
+# out for a quick edit-test loop. Under pytest-xdist (scripts/test.sh: --dist loadgroup) the tests sharing one of
+# the module-scoped ones run on one worker, so it is made once; every other test goes to whichever worker is free.
 TRAINING_FIXTURES = ("trained", "demo_work", "checkpoints", "tiny_run")
+MODULE_FIXTURES = ("trained", "demo_work", "checkpoints")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(name in item.fixturenames for name in TRAINING_FIXTURES):
             item.add_marker(pytest.mark.slow)
+        shared = [name for name in MODULE_FIXTURES if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))

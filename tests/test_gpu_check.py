@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A python (`-c CODE` or a script) with a finder in front of every other refusing webdataset and nvidia.* (DALI).
