@@ -93,6 +93,7 @@ TRAINING_FIXTURES = ("trained", "demo_work", "checkpoints", "tiny_run")
 MODULE_FIXTURES = ("trained", "demo_work", "checkpoints")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the items
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(name in item.fixturenames for name in TRAINING_FIXTURES):
