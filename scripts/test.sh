@@ -11,7 +11,7 @@ if ! { command -v chromium && command -v pdftoppm; } >/dev/null 2>&1 && command 
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils) >/dev/null 2>&1 \
         || echo "test: could not install chromium / poppler-utils; the browser and PDF tests will be skipped"
 fi
-# One pytest worker per core, each test sent to whichever worker is free, except that the tests sharing a trained
-# module fixture stay together (tests/conftest.py); torch runs one thread per test. The fast tier for an
+# One pytest worker per core, each test file on one worker (its module fixtures are made once), the files with the
+# most slow tests handed out first (tests/conftest.py); torch runs one thread per test. The fast tier for an
 # edit-test loop: bash scripts/test.sh -m "not slow".
-exec .venv/bin/python -m pytest -q -n auto --dist loadgroup "$@"
+exec .venv/bin/python -m pytest -q -n auto --dist loadfile "$@"
