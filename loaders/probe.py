@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except LoaderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    state.wait_for_everyone()
+    finally:  # stop the process group's threads before the interpreter's teardown (else a rank may abort at exit)
+        if dist.is_initialized():
+            state.wait_for_everyone()
+            dist.destroy_process_group()
     return 0
 
 

@@ -88,20 +88,14 @@ def tiny_run(synthetic_shards, tmp_path_factory) -> Path:
 
 # Fixtures that train models or run the whole demo (seconds to minutes each): every test using one is in the slow
 # tier, as are the tests marked so (training, compiling, several processes); `pytest -m "not slow"` leaves them
-# out for a quick edit-test loop. Under pytest-xdist with --dist loadgroup the tests sharing one of the module-scoped
-# ones run on one worker, so it is made once (scripts/test.sh hands out whole files, which does the same).
+# out for a quick edit-test loop.
 TRAINING_FIXTURES = ("trained", "demo_work", "checkpoints", "tiny_run")
-MODULE_FIXTURES = ("trained", "demo_work", "checkpoints")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the items
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(name in item.fixturenames for name in TRAINING_FIXTURES):
             item.add_marker(pytest.mark.slow)
-        shared = [name for name in MODULE_FIXTURES if name in item.fixturenames]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
     # The files with the most slow tests first (pytest-xdist hands out whole files in this order): the workers
     # start on the long files and fill the end with short ones, instead of one worker finishing a long file alone.
     slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
