@@ -2,8 +2,8 @@
 
 One module-scoped set-up trains everything small on a synthetic CelebA whose attributes are drawn truthfully
 (glasses are really drawn when Eyeglasses is 1): a small VAE, a `cnn` guide and a `resnet` judge of different
-seeds. The acceptance test then checks that guided "add Eyeglasses" convinces the *judge* on most of 8 subjects
-while the judge's other 39 probabilities move little.
+seeds. The acceptance test then checks that guided "add Eyeglasses" convinces the *judge* on at least 6 of 8
+subjects while the judge's other 39 probabilities move little.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_guided_edit_adds_eyeglasses_that_the_judge_sees(trained, tmp_path):
     change = report["changes"][0]
     guided, baseline = change["guided"], change["mean_difference_matched"]
     assert change["reconstruction"]["judge_success"] <= 2  # the subjects do not wear glasses to begin with
-    assert guided["judge_success"] >= 5, change  # most of the 8 subjects, from at most 2 before the edit
+    assert guided["judge_success"] >= 6, change
     assert guided["other_attributes_mean_abs_change"] < 0.1, change
     assert guided["psnr_to_reconstruction_db"] > 15, change
     assert baseline["judge_success"] >= 0 and "mean_difference_full" in change
