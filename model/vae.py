@@ -155,9 +155,9 @@ PRESETS: dict[str, dict] = {
     # reconstructions 0.50 vs 0.056, latent 128), and the course grades pictures.
     "cpu": dict(channels=(16, 32, 64), depths=(0, 1, 1), mid_depth=0, latent_dim=256, likelihood="gaussian_rgb",
                 num_mixtures=3, last_upsample="pixel_shuffle", decoder_norm="none"),
-    # GPUs: the course's reference widths and depths with everything the `cpu` preset's measurements taught: the norm-free
-    # decoder (GroupNorm's decoder turns low temperatures into blobs, at 1/8 and 1/4 of these widths too), the
-    # RGB-covariance Gaussian, latent 512. The last upsample stays bilinear: on a GPU pixel_shuffle would save 20%
+    # GPUs: the course's reference widths and depths with everything the `cpu` preset's measurements taught: the
+    # norm-free decoder (GroupNorm's decoder turns low temperatures into blobs, at 1/8 and 1/4 of these widths too),
+    # the RGB-covariance Gaussian, latent 512. The last upsample stays bilinear: on a GPU pixel_shuffle would save 20%
     # of the 32 GFLOP per image (forward + backward), far less than the 1.4x it gave the thin CPU network.
     "gpu": dict(channels=(128, 256, 512), depths=(2, 2, 2), mid_depth=1, latent_dim=512, likelihood="gaussian_rgb",
                 decoder_norm="none"),
@@ -320,7 +320,6 @@ class VAE(EncoderDecoder):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__(Encoder(cfg), Decoder(cfg))
-        self.cfg = cfg
         extras = cfg.kind.extra_modules(cfg)
         for name, module in extras.items():
             self.add_module(name, module)

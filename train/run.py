@@ -461,7 +461,8 @@ def log_steps(run: Run) -> None:
     state, window, world = run.state, run.window, run.accelerator.num_processes
     elapsed = time.perf_counter() - window.started
     window_sums = run.train_step.window_sums
-    means = dict(zip(run.train_step.stat_names, (run.accelerator.reduce(window_sums, "sum") / (window.steps * world)).tolist()))
+    window_means = run.accelerator.reduce(window_sums, "sum") / (window.steps * world)
+    means = dict(zip(run.train_step.stat_names, window_means.tolist()))
     window_sums.zero_()
     harmonic = harmonic_metric(means["discretized_nll"], means["kl"], latent_dim=run.vae.cfg.latent_dim)
     record = {"kind": "step", "step": state.step, "epoch": state.epoch, "images": run.images, **means,
