@@ -1,6 +1,5 @@
 """`python -m eval --checkpoint CKPT --shards shards/test` (see eval/cli.py)."""
-import sys
-
+from common.exit import exit_process
 from eval.cli import main
 
-sys.exit(main())
+exit_process(main())

@@ -10,7 +10,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ from rich.table import Table
 
 from common.device import default_device, require_usable_gpu
 from common.errors import UserError, report_user_error
+from common.exit import exit_process
 from common.plots import save_kl_per_component
 from eval.core import CAVEAT, HARMONIC_FORMULA, EvalError, EvalOptions, evaluate
 from loaders import LOADER_KINDS
@@ -221,4 +221,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

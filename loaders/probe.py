@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from common.exit import exit_process
 from loaders import LOADER_KINDS, LoaderError, make_loader
 
 
@@ -58,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from common.device import require_usable_gpu
 from common.errors import UserError, report_user_error
+from common.exit import exit_process
 from loaders import Loader, make_loader
 from loaders.shards import first_images
 from model import VAE, bits_per_dim, harmonic_metric
@@ -563,4 +564,4 @@ def finish(run: Run) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
