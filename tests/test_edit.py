@@ -199,10 +199,12 @@ def test_other_models_and_decoders_load_in_every_edit(trained, tmp_path, flags):
                        "--compile", "off", "--precision", "fp32", "--no-figures"]) == 0
     edited = {**trained, "vae": run}
     out = tmp_path / "edits"
-    assert _edit(edited, "guide", out, "--changes", "add:Eyeglasses", "--steps", "5") == 0
+    few = ("--subjects", "2")  # every decode of the categorical's 768 channels takes a 256-way softmax per sub-pixel
+    assert _edit(edited, "guide", out, *few, "--changes", "add:Eyeglasses", "--steps", "5") == 0
     assert json.loads((out / "guide.json").read_text())["changes"][0]["guided"]["judge_success"] >= 0
-    assert _edit(edited, "amplify", out, "--candidates", "8", "--probe", "4", guide=False) == 0
-    assert _edit(edited, "identity", out, guide=False) == 0
+    assert _edit(edited, "amplify", out, *few, "--count", "2", "--num-alphas", "3", "--candidates", "8", "--probe",
+                 "4", guide=False) == 0
+    assert _edit(edited, "identity", out, *few, guide=False) == 0
     assert {"guide.json", "amplify.json", "identity.json"} <= {p.name for p in out.iterdir()}
 
 

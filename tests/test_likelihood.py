@@ -543,12 +543,14 @@ TINY_NET = dict(channels=(8, 16, 32), depths=(0, 0, 0), mid_depth=0, latent_dim=
 @pytest.mark.parametrize("name", list(LIKELIHOODS))
 def test_the_training_objective_compiles_in_one_graph_and_steps_as_eager(name):
     """fullgraph=True fails on any graph break (a float() or .item() of the running sigma would be one); two
-    steps compiled give the eager steps' loss, statistics, gradients and running buffers. aot_eager runs the
-    graph capture and the functionalisation of the buffer updates that inductor gets, without its code generation
-    (minutes per network on a CPU; the next test runs inductor on the likelihood's own step)."""
+    steps compiled, with the trainer's keyed posterior noise and a tensor KL weight, give the eager steps' loss,
+    statistics, codes, gradients and running buffers. aot_eager runs the graph capture and the functionalisation of
+    the buffer updates that inductor gets, without its code generation (minutes per network on a CPU; the next test
+    runs inductor on the likelihood's own step)."""
     import copy
 
     from model import VAE
+    from model.noise import image_seeds, keyed_normal
     from train.objective import VAEObjective
 
     torch._dynamo.reset()
@@ -561,12 +563,13 @@ def test_the_training_objective_compiles_in_one_graph_and_steps_as_eager(name):
         results = []
         for model, objective in ((vae, compiled), (eager, VAEObjective(eager))):
             model.zero_grad()
-            torch.manual_seed(step)  # the same posterior draw
-            loss, stats, _ = objective(images, torch.tensor(0.5))
+            eps = keyed_normal(image_seeds(["a", "b"], 0, "cpu", epoch=step), 1, model.cfg.latent_dim)[0]
+            loss, stats, codes = objective(images, torch.tensor(0.5), eps)
             loss.backward()
-            results.append((stats, [p.grad for p in model.parameters()], [b.clone() for b in model.buffers()]))
-        (stats, grads, buffers), (eager_stats, eager_grads, eager_buffers) = results
+            results.append((stats, codes, [p.grad for p in model.parameters()], [b.clone() for b in model.buffers()]))
+        (stats, codes, grads, buffers), (eager_stats, eager_codes, eager_grads, eager_buffers) = results
         torch.testing.assert_close(stats, eager_stats, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(codes, eager_codes, rtol=1e-4, atol=1e-4)
         for grad, eager_grad in zip(grads, eager_grads):
             torch.testing.assert_close(grad, eager_grad, rtol=1e-2, atol=1e-3)  # summation order differs
         for buffer, eager_buffer in zip(buffers, eager_buffers):

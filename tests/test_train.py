@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.likelihoods import LIKELIHOODS
 from train.checkpoint import CheckpointError, list_checkpoints, load_vae
 from train.objective import STAT_NAMES, VAEObjective, kl_weight, lr_factor
 from train.perceptual import PerceptualError, build_perceptual
@@ -72,18 +71,18 @@ def test_kl_annealing_and_lr_schedules_in_images():
 @pytest.mark.slow
 def test_loss_falls_and_run_writes_figures_metrics_and_a_loadable_checkpoint(synthetic_shards, tmp_path):
     out = tmp_path / "run"
-    _run(synthetic_shards, out, "--epochs", "12", "--lr", "2e-3", "--kl-anneal", "none", "--beta", "0.05")
+    _run(synthetic_shards, out, "--epochs", "6", "--lr", "2e-3", "--kl-anneal", "none", "--beta", "0.05")
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in steps if r["kind"] == "step"]
     first, last = logged[0], logged[-1]
     assert last["gaussian_nll"] < first["gaussian_nll"] - 0.5 * abs(first["gaussian_nll"]) - 5000, (first, last)
     epochs = [r for r in steps if r["kind"] == "epoch"]
-    assert len(epochs) == 12 and epochs[-1]["valid"]["images"] == json.loads(
+    assert len(epochs) == 6 and epochs[-1]["valid"]["images"] == json.loads(
         (synthetic_shards / "dataset.json").read_text())["counts"]["valid"]
     assert 0 <= last["data_wait_share"] < 1 and last["images_per_s"] > 0
     assert 0 < last["decoder_std"] < 255 and 0 < last["posterior_std"] <= 1.5
-    for name in ("loss_curves.png", "diagnostics.png", "samples_init.png", "reconstructions_epoch011.png",
-                 "interpolation_epoch011.png", "samples_epoch011.png"):
+    for name in ("loss_curves.png", "diagnostics.png", "samples_init.png", "reconstructions_epoch005.png",
+                 "interpolation_epoch005.png", "samples_epoch005.png"):
         assert (out / "figures" / name).stat().st_size > 1000, name
     vae, meta = load_vae(out)
     assert meta["step"] == last["step"] and vae.cfg.latent_dim == 128
@@ -154,8 +153,12 @@ def test_minutes_plan_is_recorded_and_resumes_exactly(synthetic_shards, tmp_path
 
 
 # What a GPU run does by default, here on the CPU, on the smallest network with every kind of block (two stages):
-# compiling it costs a quarter less than the tiny preset.
-GPU_PATH = ("--compile", "on", "--precision", "bf16", "--channels", "8,16", "--depths", "1,1", "--latent-dim", "16")
+# compiling it costs a quarter less than the tiny preset. One process trains at batch 8, as each of two ranks does
+# at the global batch of 16: every compiled test builds the same graph, so after the first, inductor's on-disk
+# cache serves the others (a cold compile is about a minute here).
+SMALL_NET = ("--channels", "8,16", "--depths", "1,1", "--latent-dim", "16")
+GPU_PATH = ("--compile", "on", "--precision", "bf16", *SMALL_NET)
+ONE_RANK_BATCH = ("--batch-size", "8")
 
 
 def _torchrun(shards: Path, out: Path, *flags: str) -> dict:
@@ -193,10 +196,10 @@ def _script(shards: Path, out: Path, *flags: str) -> dict:
 def test_compiled_bf16_training_on_the_cpu_resumes_and_evaluates(synthetic_shards, tmp_path):
     """torch.compile of the objective (inductor's CPU backend) and bf16 autocast through Accelerate."""
     out = tmp_path / "compiled"
-    summary = _script(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "3", "--no-figures")
+    flags = (*GPU_PATH, *ONE_RANK_BATCH, "--epochs", "2", "--no-figures")
+    summary = _script(synthetic_shards, out, *flags, "--max-steps", "3")
     _check_gpu_path_run(out, synthetic_shards, summary, 3)
-    summary = _script(synthetic_shards, out, *GPU_PATH, "--epochs", "2", "--max-steps", "6", "--no-figures",
-                      "--resume", "latest")
+    summary = _script(synthetic_shards, out, *flags, "--max-steps", "6", "--resume", "latest")
     _check_gpu_path_run(out, synthetic_shards, summary, 6)
 
 
@@ -351,13 +354,14 @@ def _weights_change(a: dict, b: dict, start: dict) -> float:
     return math.sqrt(apart / moved)
 
 
-def _initial_weights() -> dict[str, torch.Tensor]:
+def _initial_weights(**config) -> dict[str, torch.Tensor]:
+    """The weights a run of the tiny preset (with `config` over it) starts from."""
     from accelerate.utils import set_seed
 
     from model import create_vae
 
     set_seed(0)  # what setup does before building the model
-    return create_vae("tiny").state_dict()
+    return create_vae("tiny", **config).state_dict()
 
 
 @pytest.mark.slow
@@ -423,14 +427,14 @@ def test_compiled_and_eager_checkpoints_resume_each_other(synthetic_shards, tmp_
     """The checkpoint holds the VAE's own keys, not the compiled module's (`_orig_mod.`): a compiled run resumes
     eager and an eager one compiled, at the same step, training on as the uninterrupted run does (to the
     compiler's rounding)."""
-    flags = ("--epochs", "2", "--no-figures")
+    flags = (*SMALL_NET, "--epochs", "2", "--no-figures")
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     _run(synthetic_shards, straight, *flags, "--max-steps", "4")
     _run(synthetic_shards, stopped, *flags, "--max-steps", "2", "--compile", first)
     _run(synthetic_shards, stopped, *flags, "--max-steps", "4", "--compile", then, "--resume", "latest")
     a, b = (_training_weights(list_checkpoints(run)[-1]) for run in (straight, stopped))
     assert list_checkpoints(stopped)[-1].name == "step-0000004" and a.keys() == b.keys()
-    assert _weights_change(a, b, _initial_weights()) < 1e-3
+    assert _weights_change(a, b, _initial_weights(channels=(8, 16), depths=(1, 1), latent_dim=16)) < 1e-3
 
 
 def test_the_training_step_never_reads_a_device_value_on_the_host(monkeypatch):
@@ -467,24 +471,3 @@ def test_the_training_step_never_reads_a_device_value_on_the_host(monkeypatch):
     assert step.first_bad_step() == 2
     for name, value in vae.state_dict().items():
         assert torch.equal(value, weights[name]) and torch.equal(ema.state_dict()[name], averaged[name]), name
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("likelihood", LIKELIHOODS)
-def test_the_objective_compiles_to_one_graph(likelihood):
-    """The training objective with its keyed noise and a tensor KL weight traces into one graph with
-    fullgraph=True for every decoder likelihood (a graph break is TorchDynamo's, so its eager backend shows one
-    without the minutes of code generation) and computes what the eager objective does."""
-    from model import create_vae
-    from model.noise import image_seeds, keyed_normal
-
-    torch.manual_seed(0)
-    vae = create_vae("tiny", likelihood=likelihood, latent_dim=8)
-    objective = VAEObjective(vae)
-    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-    eps = keyed_normal(image_seeds(["a", "b"], 0, "cpu", epoch=0), 1, 8)[0]
-    loss, stats, codes = torch.compile(objective, fullgraph=True, backend="eager")(images, torch.tensor(0.5), eps)
-    loss.backward()
-    eager_loss, eager_stats, eager_codes = objective(images, torch.tensor(0.5), eps)
-    torch.testing.assert_close(loss, eager_loss, rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(codes, eager_codes, rtol=1e-4, atol=1e-4)
