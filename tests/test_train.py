@@ -71,18 +71,18 @@ def test_kl_annealing_and_lr_schedules_in_images():
 @pytest.mark.slow
 def test_loss_falls_and_run_writes_figures_metrics_and_a_loadable_checkpoint(synthetic_shards, tmp_path):
     out = tmp_path / "run"
-    _run(synthetic_shards, out, "--epochs", "6", "--lr", "2e-3", "--kl-anneal", "none", "--beta", "0.05")
+    _run(synthetic_shards, out, "--epochs", "4", "--lr", "2e-3", "--kl-anneal", "none", "--beta", "0.05")
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in steps if r["kind"] == "step"]
     first, last = logged[0], logged[-1]
     assert last["gaussian_nll"] < first["gaussian_nll"] - 0.5 * abs(first["gaussian_nll"]) - 5000, (first, last)
     epochs = [r for r in steps if r["kind"] == "epoch"]
-    assert len(epochs) == 6 and epochs[-1]["valid"]["images"] == json.loads(
+    assert len(epochs) == 4 and epochs[-1]["valid"]["images"] == json.loads(
         (synthetic_shards / "dataset.json").read_text())["counts"]["valid"]
     assert 0 <= last["data_wait_share"] < 1 and last["images_per_s"] > 0
     assert 0 < last["decoder_std"] < 255 and 0 < last["posterior_std"] <= 1.5
-    for name in ("loss_curves.png", "diagnostics.png", "samples_init.png", "reconstructions_epoch005.png",
-                 "interpolation_epoch005.png", "samples_epoch005.png"):
+    for name in ("loss_curves.png", "diagnostics.png", "samples_init.png", "reconstructions_epoch003.png",
+                 "interpolation_epoch003.png", "samples_epoch003.png"):
         assert (out / "figures" / name).stat().st_size > 1000, name
     vae, meta = load_vae(out)
     assert meta["step"] == last["step"] and vae.cfg.latent_dim == 128
@@ -193,14 +193,13 @@ def _script(shards: Path, out: Path, *flags: str) -> dict:
 
 
 @pytest.mark.slow
-def test_compiled_bf16_training_on_the_cpu_resumes_and_evaluates(synthetic_shards, tmp_path):
-    """torch.compile of the objective (inductor's CPU backend) and bf16 autocast through Accelerate."""
+def test_compiled_bf16_training_on_the_cpu_evaluates(synthetic_shards, tmp_path):
+    """torch.compile of the objective (inductor's CPU backend) and bf16 autocast through Accelerate, in one process
+    (compiled runs resume in the two-process test below, and compiled and eager ones each other after it)."""
     out = tmp_path / "compiled"
-    flags = (*GPU_PATH, *ONE_RANK_BATCH, "--epochs", "2", "--no-figures")
-    summary = _script(synthetic_shards, out, *flags, "--max-steps", "3")
+    summary = _script(synthetic_shards, out, *GPU_PATH, *ONE_RANK_BATCH, "--epochs", "2", "--max-steps", "3",
+                      "--no-figures")
     _check_gpu_path_run(out, synthetic_shards, summary, 3)
-    summary = _script(synthetic_shards, out, *flags, "--max-steps", "6", "--resume", "latest")
-    _check_gpu_path_run(out, synthetic_shards, summary, 6)
 
 
 @pytest.mark.slow
