@@ -439,6 +439,9 @@ def test_categorical_masses_sum_to_one_and_match_cross_entropy():
     torch.testing.assert_close(categorical_nll(x, params), independent, rtol=1e-5, atol=1e-4)
     expected = (torch.softmax(params.view(2, 3, 256, 2, 2), 2) * torch.arange(256.0).view(1, 1, 256, 1, 1)).sum(2)
     torch.testing.assert_close(categorical_mean(params), expected / 127.5 - 1)
+    second = (torch.softmax(params.view(2, 3, 256, 2, 2), 2) * torch.arange(256.0).view(1, 1, 256, 1, 1) ** 2).sum(2)
+    std = (second - expected**2).sqrt().flatten(1).mean(1) / 127.5
+    torch.testing.assert_close(_likelihood("categorical").std(params, 2), std, rtol=1e-4, atol=1e-5)
 
 
 def test_bernoulli_on_binarised_pixels():
