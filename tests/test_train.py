@@ -154,8 +154,8 @@ def test_minutes_plan_is_recorded_and_resumes_exactly(synthetic_shards, tmp_path
 
 # What a GPU run does by default, here on the CPU, on the smallest network with every kind of block (two stages):
 # compiling it costs a quarter less than the tiny preset. One process trains at batch 8, as each of two ranks does
-# at the global batch of 16: every compiled test builds the same graph, so after the first, inductor's on-disk
-# cache serves the others (a cold compile is about a minute here).
+# at the global batch of 16: the one- and two-process bf16 tests build the same graph, so inductor's on-disk cache
+# serves the second (a cold compile is about a minute here).
 SMALL_NET = ("--channels", "8,16", "--depths", "1,1", "--latent-dim", "16")
 GPU_PATH = ("--compile", "on", "--precision", "bf16", *SMALL_NET)
 ONE_RANK_BATCH = ("--batch-size", "8")
