@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
             record = {"kind": kind, "rank": rank, "world_size": world, "len": len(loader), "batches": batches,
                       "keys": keys}
             (args.out / f"{kind}-rank{rank}.json").write_text(json.dumps(record))
+        state.wait_for_everyone()
     except LoaderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    finally:  # stop the process group's threads before the interpreter's teardown (else a rank may abort at exit)
+    finally:  # not a collective: a rank that failed leaves without waiting for the others
         if dist.is_initialized():
-            state.wait_for_everyone()
             dist.destroy_process_group()
     return 0
 

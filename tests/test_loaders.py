@@ -219,9 +219,8 @@ def test_real_sample_two_ranks(kind, sample_shards):
 @pytest.mark.slow
 def test_two_processes_with_torchrun(synthetic_shards, tmp_path):
     split_dir = synthetic_shards / "valid"
-    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", "-m",
-               "loaders.probe",
-               "--split", str(split_dir), "--out", str(tmp_path), "--batch-size", "3"]
+    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
+               "-m", "loaders.probe", "--split", str(split_dir), "--out", str(tmp_path), "--batch-size", "3"]
     env = dict(os.environ, ACCELERATE_USE_CPU="1", PYTHONPATH=str(REPO))
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
