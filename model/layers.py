@@ -1,4 +1,4 @@
-"""Small layers the blocks are built from: ConvNormAct, SqueezeExcite, LayerScale.
+"""Small layers the blocks are built from: ConvNormAct, SqueezeExcite, LayerScale, PositionwiseLinear.
 
 Every layer keeps the spatial size (stride 1) unless told otherwise and works on NCHW tensors.
 """
@@ -89,3 +89,22 @@ class LayerScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
+
+
+class PositionwiseLinear(nn.Module):
+    """A 1x1 conv with a bias for every channel and position: [B, in, r, r] -> [B, out, r, r].
+
+    The spatial latent's layer to and from the codes. A plain conv shares its bias over the positions; here, as in
+    the dense latent's Linear, every output component has its own, so moving the codes by any vector is an exact
+    reparametrisation (model.vae.recentre_codes) and z = 0 can decode to the average face.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, resolution: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels))
+        # flat [out * r * r], channel by channel, like every bias: one dimension, so the optimizer leaves it undecayed
+        self.bias = nn.Parameter(torch.zeros(out_channels * resolution * resolution))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's and nn.Conv2d's default
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("oi,bihw->bohw", self.weight, h) + self.bias.view(-1, *h.shape[2:])

@@ -7,6 +7,10 @@ Shapes for the default 64x64 input and 3 stages (channels c0, c1, c2; r = 64 / 2
     decoder  z [B, latent] -> Linear -> [B, Cb, 8, 8] -> conv -> c2@8 -> mid blocks
              -> {UpBlock, blocks} x3 -> c0@64 -> GN,SiLU,conv -> mean (and log-variance) [B,3,64,64]
 
+With a spatial latent (latent_channels C > 0) the Linear layers become 1x1 convs: Cb@8 -> (mu, logvar) each
+[B, C, 8, 8], flattened channel by channel to [B, C*64]; the decoder views z as [B, C, 8, 8] -> 1x1 conv -> Cb@8
+(layers.PositionwiseLinear: a bias per channel and position).
+
 No global average pooling: the Linear layers see every position (the course's advice). Inputs are floats
 in the model range [-1, 1] (see metrics.to_model_range); the decoder mean is unbounded (the
 discretized likelihood's open edge bins take care of values outside [-1, 1]).
@@ -22,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import DownBlock, ResNeXtBottleneck, UpBlock
-from .layers import num_groups
+from .layers import PositionwiseLinear, num_groups
 from .kinds import KINDS, ModelKind, get as get_kind
 from .likelihoods import create as create_likelihood, get as get_likelihood
 from .metrics import to_model_range
@@ -42,6 +46,9 @@ class VAEConfig:
     # smallest multiple of 8 (at least 16) with r*r*Cb >= 2*latent_dim, so the Linear never has
     # fewer inputs than the (mu, logvar) it must produce.
     bottleneck_channels: int | None = None
+    # 0: a dense latent (the Linear layers above). C > 0: a spatial latent, C channels at the bottleneck resolution
+    # (latent_dim = C r^2), from and to the Cb-channel feature map by 1x1 convs with a bias per position.
+    latent_channels: int = 0
     # Decoder likelihood: a name in model.likelihoods.LIKELIHOODS (gaussian_fixed, gaussian_learned,
     # gaussian_shared, gaussian_rgb, logistic_mixture, categorical, bernoulli), each documented in its class.
     likelihood: str = "gaussian_learned"
@@ -112,6 +119,9 @@ class VAEConfig:
                     f"channels {self.channels}: 4*{a} is not divisible by {b}; the DC-AE shortcuts "
                     f"need each stage width times 4 to be a multiple of the next one"
                 )
+        if self.latent_channels and self.latent_dim != self.latent_channels * self.latent_resolution**2:
+            raise ValueError(f"latent_dim {self.latent_dim} must be latent_channels {self.latent_channels} x "
+                             f"{self.latent_resolution}^2 for a spatial latent")
         if self.bottleneck_channels is None:
             need = math.ceil(2 * self.latent_dim / self.latent_resolution**2)
             self.bottleneck_channels = max(16, 8 * math.ceil(need / 8))
@@ -218,8 +228,12 @@ class Encoder(nn.Module):
         self.norm_out = nn.GroupNorm(num_groups(c), c, eps=1e-6)
         self.act = nn.SiLU()
         self.conv_out = nn.Conv2d(c, cfg.bottleneck_channels, 3, padding=1)
-        flat = cfg.latent_resolution**2 * cfg.bottleneck_channels
-        self.to_latent = nn.Linear(flat, cfg.kind.latent_outputs(cfg.latent_dim))
+        if cfg.latent_channels:
+            self.to_latent = PositionwiseLinear(cfg.bottleneck_channels, cfg.kind.latent_outputs(cfg.latent_channels),
+                                                cfg.latent_resolution)
+        else:
+            flat = cfg.latent_resolution**2 * cfg.bottleneck_channels
+            self.to_latent = nn.Linear(flat, cfg.kind.latent_outputs(cfg.latent_dim))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mu, logvar) of the posterior; logvar is None for the deterministic autoencoder (z = mu)."""
@@ -227,10 +241,16 @@ class Encoder(nn.Module):
         for stage in self.stages:
             h = stage(h)
         h = self.conv_out(self.act(self.norm_out(self.mid(h))))
-        latent = _outside_autocast(self.to_latent, h.flatten(1))
-        if self.cfg.point_latent:
-            return latent, None
-        mu, logvar = latent.chunk(2, dim=1)
+        if self.cfg.latent_channels:
+            latent = _outside_autocast(self.to_latent, h)
+            if self.cfg.point_latent:
+                return latent.flatten(1), None
+            mu, logvar = (part.flatten(1) for part in latent.chunk(2, dim=1))
+        else:
+            latent = _outside_autocast(self.to_latent, h.flatten(1))
+            if self.cfg.point_latent:
+                return latent, None
+            mu, logvar = latent.chunk(2, dim=1)
         return mu, logvar.clamp(*self.cfg.enc_logvar_range)
 
 
@@ -243,7 +263,8 @@ class Decoder(nn.Module):
         self.cfg = cfg
         widths = cfg.channels + cfg.channels[-1:]
         r, cb, c = cfg.latent_resolution, cfg.bottleneck_channels, widths[-1]
-        self.from_latent = nn.Linear(cfg.latent_dim, r * r * cb)
+        self.from_latent = (PositionwiseLinear(cfg.latent_channels, cb, r) if cfg.latent_channels
+                            else nn.Linear(cfg.latent_dim, r * r * cb))
         norm = cfg.decoder_norm == "group"
         self.conv_in = nn.Conv2d(cb, c, 3, padding=1)
         self.mid = _blocks(c, cfg.mid_depth, cfg, norm)
@@ -267,7 +288,10 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         r = cfg.latent_resolution
-        h = self.from_latent(z).view(z.shape[0], cfg.bottleneck_channels, r, r)
+        if cfg.latent_channels:
+            h = self.from_latent(z.view(z.shape[0], cfg.latent_channels, r, r))
+        else:
+            h = self.from_latent(z).view(z.shape[0], cfg.bottleneck_channels, r, r)
         h = self.mid(self.conv_in(h))
         for stage in self.stages:
             h = stage(h)
@@ -353,14 +377,16 @@ class VAE(EncoderDecoder):
 def recentre_codes(state: dict[str, torch.Tensor], shift: torch.Tensor) -> None:
     """Move a VAE's codes by -shift without changing what any code decodes to, in place on a state dict (a
     module's own, whose tensors are its parameters, or a copy such as the EMA weights'): mu' = mu - shift from
-    the encoder's output bias, and the decoder's first Linear gets W shift added to its bias, so dec'(mu') =
+    the encoder's output bias, and the decoder's first layer gets W shift added to its bias, so dec'(mu') =
     dec(mu). Reconstructions are unchanged; with shift = the codes' mean over the data, the KL to N(0, I) drops
     by |shift|^2 / 2 nats per image, so an optimum of the ELBO has its codes centred (the trainer applies it,
     `--recentre-images`)."""
-    latent_dim = shift.numel()
-    shift = shift.to(state["decoder.from_latent.bias"])
-    state["encoder.to_latent.bias"][:latent_dim] -= shift  # the mu half (the first latent_dim outputs)
-    state["decoder.from_latent.bias"] += state["decoder.from_latent.weight"] @ shift
+    bias = state["decoder.from_latent.bias"]
+    weight = state["decoder.from_latent.weight"]
+    shift = shift.to(bias)
+    state["encoder.to_latent.bias"][:shift.numel()] -= shift  # the mu half (the first outputs)
+    # dense: [r*r*Cb, latent] @ [latent]; spatial (layers.PositionwiseLinear): [Cb, C] @ [C, r*r], every position
+    bias += (weight @ shift.view(weight.shape[1], -1)).flatten()
 
 
 def create_vae(preset: str = "base", **overrides) -> VAE:

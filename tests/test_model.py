@@ -187,6 +187,29 @@ def test_encoder_decoder_shapes(latent_dim):
     assert mean.shape == lv.shape == (2, 3, 64, 64)
 
 
+
+def test_spatial_latent_is_channel_major_and_local():
+    """latent_channels C: the codes are a [C, 8, 8] map flattened channel by channel, each from its own position."""
+    assert VAE(VAEConfig(latent_dim=4 * 64, latent_channels=4, **SMALL)).encoder.to_latent.bias.shape == (8 * 64,)
+    vae = VAE(VAEConfig(latent_dim=4 * 64, latent_channels=4, **SMALL)).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        mu, logvar = vae.encode(x)
+        enc = vae.encoder
+        h = enc.stem(x)
+        for stage in enc.stages:
+            h = stage(h)
+        h = enc.conv_out(enc.act(enc.norm_out(enc.mid(h))))
+        conv = enc.to_latent
+        # component (c, i, j) = output channel c of one channel mixing at position (i, j), plus its own bias
+        expected = torch.einsum("ok,bkij->boij", conv.weight, h) + conv.bias.view(8, 8, 8)
+        torch.testing.assert_close(mu, expected[:, :4].flatten(1))
+        torch.testing.assert_close(logvar, expected[:, 4:].flatten(1))
+        mean, _ = vae.decode(mu)
+    assert mu.shape == (2, 256) and mean.shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="latent_channels"):
+        VAEConfig(latent_dim=250, latent_channels=4, **SMALL)
+
 def test_learned_logvar_stays_inside_clamp_for_extreme_inputs():
     cfg = VAEConfig(likelihood="gaussian_learned", latent_dim=32, **SMALL)
     vae = VAE(cfg)
@@ -302,11 +325,12 @@ def test_rgb_covariance_is_the_batch_residual_covariance_in_training_and_the_run
     assert torch.equal(fresh.decoder.shared_cov, running)
 
 
-@pytest.mark.parametrize("model", ["vae", "ae"])
-def test_recentring_the_codes_keeps_every_decoding_and_lowers_the_kl(model):
+@pytest.mark.parametrize("model,latent_channels", [("vae", 0), ("ae", 0), ("vae", 2)])
+def test_recentring_the_codes_keeps_every_decoding_and_lowers_the_kl(model, latent_channels):
     from model.vae import recentre_codes
 
-    vae = VAE(VAEConfig(latent_dim=16, model=model, **SMALL)).eval()
+    latent_dim = 2 * 64 if latent_channels else 16
+    vae = VAE(VAEConfig(latent_dim=latent_dim, latent_channels=latent_channels, model=model, **SMALL)).eval()
     with torch.no_grad():
         vae.encoder.to_latent.bias.add_(0.5)  # codes off the origin, as training leaves them
     x = torch.rand(8, 3, 64, 64) * 2 - 1
@@ -316,7 +340,7 @@ def test_recentring_the_codes_keeps_every_decoding_and_lowers_the_kl(model):
     recentre_codes(vae.state_dict(), shift)
     centred, centred_logvar = vae.encode(x)
     torch.testing.assert_close(centred, mu - shift)
-    torch.testing.assert_close(centred.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(centred.mean(0), torch.zeros(latent_dim), atol=1e-5, rtol=0)
     torch.testing.assert_close(vae.decode(centred)[0], before, atol=1e-5, rtol=1e-4)
     if model == "vae":
         torch.testing.assert_close(centred_logvar, logvar)

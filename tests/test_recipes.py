@@ -66,12 +66,14 @@ def test_flags_replace_the_recipe_and_a_budget_flag_its_whole_budget(gpu_preset)
     assert model_cfg == VAEConfig.from_preset("tiny", latent_dim=64)
 
 
-def test_the_bonus_recipe_is_the_cpu_recipe_at_latent_2048_with_its_rate_held():
+def test_the_bonus_recipe_is_the_cpu_recipe_with_a_spatial_latent_2048_and_its_rate_held():
     cfg, model_cfg, choice = resolve(["--recipe", "bonus"], "cuda", H100)
     assert (choice.recipe, choice.preset) == ("bonus", "cpu")
-    assert model_cfg == VAEConfig.from_preset("cpu", latent_dim=2048, bottleneck_channels=16)
+    assert model_cfg == VAEConfig.from_preset("cpu", channels=(16, 32), depths=(0, 1), mid_depth=1, latent_dim=2048,
+                                              latent_channels=8, bottleneck_channels=32)
+    assert model_cfg.latent_resolution == 16  # 8 channels x 16 x 16 = 2,048 components
     assert dataclasses.asdict(cfg) == dataclasses.asdict(TrainConfig(**CPU.settings(), rate_target=720.0))
-    _, model_cfg, _ = resolve(["--recipe", "bonus", "--latent-dim", "1024"], "cpu", "")
+    _, model_cfg, _ = resolve(["--recipe", "bonus", "--latent-dim", "1024", "--latent-channels", "4"], "cpu", "")
     assert model_cfg.latent_dim == 1024  # a flag still replaces the recipe's value
 
 
@@ -81,7 +83,7 @@ def test_every_model_config_field_is_a_flag():
         assert f"--{spec.name.replace('_', '-')} " in help_text, spec.name
     # A value for each field unlike the cpu preset's, in the flags' own spelling.
     flags = {"image_size": "32", "in_channels": "3", "channels": "8,16,32", "depths": "1,0,1", "mid_depth": "1",
-             "latent_dim": "48", "bottleneck_channels": "24", "likelihood": "gaussian_learned", "model": "aae",
+             "latent_dim": "48", "bottleneck_channels": "24", "latent_channels": "3", "likelihood": "gaussian_learned", "model": "aae",
              "discriminator_width": "64", "num_mixtures": "5", "shared_sigma_decay": "0.9",
              "logvar_range": "-8,2", "fixed_logvar": "-3", "enc_logvar_range": "-20,10",
              "last_upsample": "bilinear", "decoder_norm": "group", "head_kernel_size": "1", "mid_ratio": "0.25",
@@ -89,7 +91,7 @@ def test_every_model_config_field_is_a_flag():
     assert flags.keys() == {spec.name for spec in dataclasses.fields(VAEConfig)}
     _, model_cfg, _ = resolve([f"--{name.replace('_', '-')}={value}" for name, value in flags.items()], "cpu", "")
     expected = VAEConfig(image_size=32, channels=(8, 16, 32), depths=(1, 0, 1), mid_depth=1, latent_dim=48,
-                         bottleneck_channels=24, likelihood="gaussian_learned", model="aae", discriminator_width=64,
+                         bottleneck_channels=24, latent_channels=3, likelihood="gaussian_learned", model="aae", discriminator_width=64,
                          num_mixtures=5, shared_sigma_decay=0.9, logvar_range=(-8.0, 2.0), fixed_logvar=-3.0,
                          enc_logvar_range=(-20.0, 10.0), last_upsample="bilinear", decoder_norm="group",
                          head_kernel_size=1, mid_ratio=0.25, se_ratio=0.5, layer_scale_init=0.1)
@@ -147,7 +149,7 @@ def test_the_bare_command_trains_the_cpu_recipe_and_records_why(synthetic_shards
 
 
 @pytest.mark.slow
-def test_a_non_default_decoder_norm_trains_and_loads_in_eval_bonus_and_edit(synthetic_shards, tmp_path):
+def test_a_norm_free_decoder_and_a_spatial_latent_train_and_load_in_eval_bonus_and_edit(synthetic_shards, tmp_path):
     import bonus_1
     from edit.cli import main as edit_main
     from eval.cli import main as eval_main
@@ -156,10 +158,11 @@ def test_a_non_default_decoder_norm_trains_and_loads_in_eval_bonus_and_edit(synt
 
     run = tmp_path / "run"
     assert train_main(["--shards", str(synthetic_shards), "--out", str(run), *TINY_RUN, "--decoder-norm", "none",
-                       "--last-upsample", "pixel_shuffle", "--channels", "8,16,32", "--latent-dim", "32",
-                       "--epochs", "1", "--max-steps", "3"]) == 0
+                       "--last-upsample", "pixel_shuffle", "--channels", "8,16,32", "--latent-dim", "64",
+                       "--latent-channels", "1", "--epochs", "1", "--max-steps", "3"]) == 0
     vae, meta = load_vae(run)
     assert (vae.cfg.decoder_norm, vae.cfg.last_upsample, vae.cfg.channels) == ("none", "pixel_shuffle", (8, 16, 32))
+    assert vae.cfg.latent_channels == 1 and vae.encoder.to_latent.bias.shape == (2 * 64,)
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in vae.decoder.modules())
     assert meta["config"]["decoder_norm"] == "none" and meta["preset"] == "tiny"
     assert eval_main(["--checkpoint", str(run), "--shards", str(synthetic_shards / "test"), "-K", "0",
