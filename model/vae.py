@@ -241,16 +241,11 @@ class Encoder(nn.Module):
         for stage in self.stages:
             h = stage(h)
         h = self.conv_out(self.act(self.norm_out(self.mid(h))))
-        if self.cfg.latent_channels:
-            latent = _outside_autocast(self.to_latent, h)
-            if self.cfg.point_latent:
-                return latent.flatten(1), None
-            mu, logvar = (part.flatten(1) for part in latent.chunk(2, dim=1))
-        else:
-            latent = _outside_autocast(self.to_latent, h.flatten(1))
-            if self.cfg.point_latent:
-                return latent, None
-            mu, logvar = latent.chunk(2, dim=1)
+        # spatial: [B, 2C, r, r] flattened channel by channel, so the mu channels are the first half as well
+        latent = _outside_autocast(self.to_latent, h if self.cfg.latent_channels else h.flatten(1)).flatten(1)
+        if self.cfg.point_latent:
+            return latent, None
+        mu, logvar = latent.chunk(2, dim=1)
         return mu, logvar.clamp(*self.cfg.enc_logvar_range)
 
 
@@ -288,10 +283,8 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         r = cfg.latent_resolution
-        if cfg.latent_channels:
-            h = self.from_latent(z.view(z.shape[0], cfg.latent_channels, r, r))
-        else:
-            h = self.from_latent(z).view(z.shape[0], cfg.bottleneck_channels, r, r)
+        codes = z.view(z.shape[0], cfg.latent_channels, r, r) if cfg.latent_channels else z
+        h = self.from_latent(codes).view(z.shape[0], cfg.bottleneck_channels, r, r)
         h = self.mid(self.conv_in(h))
         for stage in self.stages:
             h = stage(h)
