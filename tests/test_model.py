@@ -190,8 +190,8 @@ def test_encoder_decoder_shapes(latent_dim):
 
 def test_spatial_latent_is_channel_major_and_local():
     """latent_channels C: the codes are a [C, 8, 8] map flattened channel by channel, each from its own position."""
-    assert VAE(VAEConfig(latent_dim=4 * 64, latent_channels=4, **SMALL)).encoder.to_latent.bias.shape == (8 * 64,)
     vae = VAE(VAEConfig(latent_dim=4 * 64, latent_channels=4, **SMALL)).eval()
+    assert vae.encoder.to_latent.bias.shape == (8 * 64,)  # (mu, logvar) x 4 channels x 8 x 8 positions
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         mu, logvar = vae.encode(x)

@@ -83,18 +83,18 @@ def test_every_model_config_field_is_a_flag():
         assert f"--{spec.name.replace('_', '-')} " in help_text, spec.name
     # A value for each field unlike the cpu preset's, in the flags' own spelling.
     flags = {"image_size": "32", "in_channels": "3", "channels": "8,16,32", "depths": "1,0,1", "mid_depth": "1",
-             "latent_dim": "48", "bottleneck_channels": "24", "latent_channels": "3", "likelihood": "gaussian_learned", "model": "aae",
-             "discriminator_width": "64", "num_mixtures": "5", "shared_sigma_decay": "0.9",
+             "latent_dim": "48", "bottleneck_channels": "24", "latent_channels": "3", "likelihood": "gaussian_learned",
+             "model": "aae", "discriminator_width": "64", "num_mixtures": "5", "shared_sigma_decay": "0.9",
              "logvar_range": "-8,2", "fixed_logvar": "-3", "enc_logvar_range": "-20,10",
              "last_upsample": "bilinear", "decoder_norm": "group", "head_kernel_size": "1", "mid_ratio": "0.25",
              "se_ratio": "0.5", "layer_scale_init": "0.1"}
     assert flags.keys() == {spec.name for spec in dataclasses.fields(VAEConfig)}
     _, model_cfg, _ = resolve([f"--{name.replace('_', '-')}={value}" for name, value in flags.items()], "cpu", "")
     expected = VAEConfig(image_size=32, channels=(8, 16, 32), depths=(1, 0, 1), mid_depth=1, latent_dim=48,
-                         bottleneck_channels=24, latent_channels=3, likelihood="gaussian_learned", model="aae", discriminator_width=64,
-                         num_mixtures=5, shared_sigma_decay=0.9, logvar_range=(-8.0, 2.0), fixed_logvar=-3.0,
-                         enc_logvar_range=(-20.0, 10.0), last_upsample="bilinear", decoder_norm="group",
-                         head_kernel_size=1, mid_ratio=0.25, se_ratio=0.5, layer_scale_init=0.1)
+                         bottleneck_channels=24, latent_channels=3, likelihood="gaussian_learned", model="aae",
+                         discriminator_width=64, num_mixtures=5, shared_sigma_decay=0.9, logvar_range=(-8.0, 2.0),
+                         fixed_logvar=-3.0, enc_logvar_range=(-20.0, 10.0), last_upsample="bilinear",
+                         decoder_norm="group", head_kernel_size=1, mid_ratio=0.25, se_ratio=0.5, layer_scale_init=0.1)
     assert model_cfg == expected
     # none: the derived bottleneck width again (the smallest multiple of 8 >= 16 with 8*8*Cb >= 2*256).
     _, model_cfg, _ = resolve(["--bottleneck-channels", "none"], "cpu", "")
