@@ -140,17 +140,22 @@ def save_kl_per_component(path: Path, kl_per_component: Sequence[float], mu_vari
 
 
 def save_effect_curves(path: Path, xs: Sequence[Sequence[float]], ys: Sequence[Sequence[float]],
-                       labels: Sequence[str], xlabel: str = "", ylabel: str = "", title: str = "") -> Path:
-    """Several measured curves on one axis (e.g. a judge's attribute probability against an edit's strength)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for x, y, label in zip(xs, ys, labels):
-        ax.plot(x, y, "o-", label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+                       labels: Sequence[str], xlabel: str | Sequence[str] = "", ylabel: str = "",
+                       title: str = "") -> Path:
+    """Several measured curves on one axis (e.g. a judge's attribute probability against an edit's strength), y in
+    [0, 1]. With a list of x labels, one panel per label, sharing y: xs[p][k] is curve k's x in panel p."""
+    panels = [(xlabel, xs)] if isinstance(xlabel, str) else list(zip(xlabel, xs))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 if len(panels) == 1 else 5.2 * len(panels), 4.2),
+                             sharey=True, squeeze=False)
+    for ax, (panel_xlabel, panel_xs) in zip(axes[0], panels):
+        for x, y, label in zip(panel_xs, ys, labels):
+            ax.plot(x, y, "o-", label=label)
+        ax.set_xlabel(panel_xlabel)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

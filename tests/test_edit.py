@@ -236,6 +236,55 @@ def test_guided_step_along_the_mean_difference_grows_as_fast_as_all_of_u(along, 
     torch.testing.assert_close(z, (z @ e)[:, None] * e)
 
 
+def test_orthogonal_projectors_take_out_the_other_attributes_directions():
+    """Target 0 with others [1, 0, 1, 0, ...] and [0, 0, 0, 2, 0, ...]: P removes both, keeps what is orthogonal
+    to them ([1, -1, -1, 0, ...], the last axis), and is a projection (symmetric, idempotent, trace 6 - 2). Two
+    parallel others span one direction only: P = I - v v^T, not zero."""
+    import torch
+
+    from edit.guide import orthogonal_projectors
+
+    directions = {0: torch.tensor([1., 1, 0, 0, 0, 0]), 3: torch.tensor([1., 0, 1, 0, 0, 0]),
+                  7: torch.tensor([0., 0, 0, 2, 0, 0])}
+    (projector,) = orthogonal_projectors(directions, torch.tensor([0]))
+    for other in (directions[3], directions[7]):
+        torch.testing.assert_close(projector @ other, torch.zeros(6))
+    for kept in (torch.tensor([1., -1, -1, 0, 0, 0]), torch.eye(6)[5]):
+        torch.testing.assert_close(projector @ kept, kept)
+    torch.testing.assert_close(projector, projector.T)
+    torch.testing.assert_close(projector @ projector, projector)
+    assert abs(float(projector.trace()) - 4) < 1e-5
+    parallel = {0: torch.tensor([1., 0]), 1: torch.tensor([1., 1]), 2: torch.tensor([2., 2])}
+    torch.testing.assert_close(orthogonal_projectors(parallel, torch.tensor([0]))[0],
+                               torch.tensor([[0.5, -0.5], [-0.5, 0.5]]))
+
+
+def test_a_projected_correction_leaves_the_protected_direction_alone():
+    """A guide whose logit is 10 x . (e + f), an identity decoder, u alone: the free edit moves along e and f
+    equally; with P taking out f it moves along e only."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from edit.guide import GuideSettings, guided_latents, orthogonal_projectors
+
+    n, d = 2, 8
+    e, f = torch.eye(d)[2], torch.eye(d)[6]
+    ctx = SimpleNamespace(decode=lambda z: z.view(len(z), 1, 1, d),
+                          guide=lambda x: torch.stack([10 * x.flatten(1) @ (e + f), torch.zeros(len(x))], 1))
+    mu = torch.zeros(n, d)
+    settings = GuideSettings(steps=50, lr=0.05, w_other=0.0, w_image=0.0, w_latent=0.0, views="none", along="none")
+    targets = torch.zeros(n, dtype=torch.long)
+    projectors = orthogonal_projectors({0: e, 1: f}, targets)
+    with torch.enable_grad():
+        free, _, _ = guided_latents(ctx, mu, mu.view(n, 1, 1, d), targets, torch.ones(n), settings)
+        kept, prob, _ = guided_latents(ctx, mu, mu.view(n, 1, 1, d), targets, torch.ones(n), settings,
+                                       projectors=projectors)
+    torch.testing.assert_close(free @ e, free @ f)
+    assert (kept @ e > 0).all() and (prob >= 0.95).all()
+    torch.testing.assert_close(kept @ f, torch.zeros(n))
+
+
 def test_change_region_is_where_the_pixels_change():
     import torch
 
