@@ -79,6 +79,10 @@ class HarmonicTarget:
 
 
 HARMONIC_TARGET = HarmonicTarget()
+# What a guided edit changes besides its target, against the mean difference at the same latent distance (the
+# guide JSON's summary keys, means over the changes).
+OFF_TARGET = {"other_attributes_mean_abs_change": "the judge's other attributes, mean |Δp|",
+              "outside_region_mean_abs_change": "grey levels changed outside the attribute's region"}
 
 
 class QualityError(UserError):
@@ -97,6 +101,12 @@ def checks(eval_report: dict, guide_report: dict | None, data: str) -> list[dict
         rows.append({"measure": f"guided '{change['change']}': judge successes", "value": guided,
                      "target": f"≥ mean difference's {baseline} (of {len(change['subjects'])})",
                      "met": guided >= baseline})
+    summary = (guide_report or {}).get("summary", {})
+    for key, measure in OFF_TARGET.items():
+        if summary:
+            guided, baseline = summary["guided"][key], summary["mean_difference_matched"][key]
+            rows.append({"measure": f"guided edits: {measure}", "value": guided,
+                         "target": f"≤ mean difference's {baseline:.3g}", "met": guided <= baseline})
     return rows
 
 

@@ -13,12 +13,17 @@ def _change(name: str, guided: int, baseline: int) -> dict:
 
 def test_synthetic_targets_compare_against_their_thresholds():
     report = {"metrics": {"psnr": 27.0}, "sample_quality": {"mean_face_psnr_t0.2": 23.99}}
-    guide = {"changes": [_change("add Eyeglasses", 5, 6), _change("add Bangs", 3, 3)]}
+    summary = {"guided": {"other_attributes_mean_abs_change": 0.11, "outside_region_mean_abs_change": 9.0},
+               "mean_difference_matched": {"other_attributes_mean_abs_change": 0.1,
+                                           "outside_region_mean_abs_change": 9.0}}
+    guide = {"changes": [_change("add Eyeglasses", 5, 6), _change("add Bangs", 3, 3)], "summary": summary}
     rows = {row["measure"]: row["met"] for row in quality.checks(report, guide, "synthetic")}
     assert rows == {"reconstruction PSNR, dB": True,  # equal to the target meets it
                     "mean-face PSNR of temperature-0.2 samples, dB": False,
                     "guided 'add Eyeglasses': judge successes": False,
-                    "guided 'add Bangs': judge successes": True}
+                    "guided 'add Bangs': judge successes": True,
+                    "guided edits: the judge's other attributes, mean |Δp|": False,
+                    "guided edits: grey levels changed outside the attribute's region": True}
 
 
 def test_celeba_targets_and_missing_sample_quality():
