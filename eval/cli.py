@@ -184,6 +184,8 @@ def _show_eval(report: dict, out: Path) -> None:
                       f"reconstructions {quality['fd_reconstructions']:.3f}; prior samples "
                       + ", ".join(f"T={t} {quality[f'fd_samples_t{t}']:.3f}" for t in ("0.2", "0.5", "1", "1.5"))
                       + f"; other real images {quality['fd_real_reference']:.3f}")
+        table.add_row("fine detail kept", "", "", f"reconstructions {quality['detail_kept_reconstructions']:.2f} of "
+                      f"the images' high-frequency (Laplacian) energy")
         table.add_row("mean-face PSNR", "", "", f"T=0.2 samples {quality['mean_face_psnr_t0.2']:.2f} dB, decode(0) "
                       f"{quality['mean_face_psnr_decode_zero']:.2f} dB (to the train split's mean image)")
     if "harmonic" in m:

@@ -34,6 +34,14 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
 
 
+def high_frequency_energy(uint8: torch.Tensor) -> float:
+    """Mean square of the 3x3 Laplacian of each channel of uint8 images [N, 3, H, W] (grey levels^2): what blur
+    removes first, so a reconstruction's share of its image's tells how much fine detail it keeps."""
+    kernel = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]], dtype=torch.float64, device=uint8.device)
+    x = uint8.double().flatten(0, 1)[:, None]
+    return float(torch.nn.functional.conv2d(x, kernel.view(1, 1, 3, 3)).square().mean())
+
+
 def split_mean_image(split_dir) -> torch.Tensor:
     """The mean of every image of a split, float64 [3, 64, 64] in 0..255, read in chunks."""
     split = open_checked(split_dir)
@@ -49,8 +57,9 @@ def split_mean_image(split_dir) -> torch.Tensor:
 def sample_quality(vae: VAE, judge: AttributeClassifier, images: torch.Tensor, mean_image: torch.Tensor,
                    reference: torch.Tensor, seed: int, batch_size: int = 256) -> dict:
     """Fréchet distances (judge features) from `images` to their reconstructions at mu, to prior samples at each
-    temperature, and to `reference` (other real images: the distance real data already has); PSNR to
-    `mean_image` of temperature-0.2 samples and of decode(0)."""
+    temperature, and to `reference` (other real images: the distance real data already has); the reconstructions'
+    high-frequency energy as a share of the images' (1: as much fine detail); PSNR to `mean_image` of
+    temperature-0.2 samples and of decode(0)."""
     device = next(vae.parameters()).device
 
     def batched(function, x: torch.Tensor) -> torch.Tensor:
@@ -62,10 +71,11 @@ def sample_quality(vae: VAE, judge: AttributeClassifier, images: torch.Tensor, m
     def reconstruct(part: torch.Tensor) -> torch.Tensor:
         return to_uint8(vae.decode(vae.encode(to_model_range(part))[0])[0])
 
-    real = features(images)
+    real, reconstructions = features(images), batched(reconstruct, images)
     result = {"images": len(images), "features": real.shape[1],
-              "fd_reconstructions": frechet_distance(real, features(batched(reconstruct, images))),
-              "fd_real_reference": frechet_distance(real, features(reference))}
+              "fd_reconstructions": frechet_distance(real, features(reconstructions)),
+              "fd_real_reference": frechet_distance(real, features(reference)),
+              "detail_kept_reconstructions": high_frequency_energy(reconstructions) / high_frequency_energy(images)}
     generator = torch.Generator(device).manual_seed(seed)
     for temperature in TEMPERATURES:
         samples = torch.cat([to_uint8(vae.sample(len(part), temperature, generator))

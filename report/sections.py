@@ -107,6 +107,7 @@ def _eigenvalue_range(match: dict) -> str | None:
 COMPARED_NUMBERS = (("metrics", "psnr", "test PSNR, decoder mean at μ (dB)"),
                     ("sample_quality", "fd_samples_t1", "Fréchet distance: prior samples, T = 1"),
                     ("sample_quality", "fd_reconstructions", "Fréchet distance: reconstructions"),
+                    ("sample_quality", "detail_kept_reconstructions", "fine detail kept by reconstructions (1: all)"),
                     ("sample_quality", "fd_real_reference", "Fréchet distance: other real images (valid split)"),
                     ("prior_match", "cov_distance_to_identity",
                      "codes vs prior: |Cov(μ) − I|_F / √d (0: spread like N(0, I))"),
@@ -214,6 +215,7 @@ HEADLINE_METRICS = (
 SAMPLE_QUALITY_ROWS = (
     ("fd_real_reference", "Fréchet distance: other real images (valid split)"),
     ("fd_reconstructions", "Fréchet distance: reconstructions at μ"),
+    ("detail_kept_reconstructions", "fine detail kept: reconstructions' Laplacian energy / the images'"),
     ("fd_samples_t0.2", "Fréchet distance: prior samples, T = 0.2"),
     ("fd_samples_t0.5", "Fréchet distance: prior samples, T = 0.5"),
     ("fd_samples_t1", "Fréchet distance: prior samples, T = 1.0"),

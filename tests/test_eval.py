@@ -382,6 +382,15 @@ def test_frechet_distance_known_answers():
     assert frechet_distance(a, scaled) == pytest.approx(float(torch.cov(a.double().T).trace()) * 0.25, rel=1e-8)
 
 
+def test_high_frequency_energy_of_a_checkerboard_and_a_flat_image():
+    from eval.sample_quality import high_frequency_energy
+
+    i, j = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    board = ((i + j) % 2 * 10).to(torch.uint8).expand(2, 3, 8, 8)  # 0 and 10 alternating
+    assert high_frequency_energy(board) == pytest.approx(16 * 10 ** 2)  # the Laplacian is +-4 x 10 everywhere
+    assert high_frequency_energy(torch.full((1, 3, 8, 8), 200, dtype=torch.uint8)) == 0
+
+
 @pytest.mark.slow
 def test_eval_with_a_judge_reports_sample_quality(tiny_run, synthetic_shards, tmp_path, capsys):
     from model.classifier import AttributeClassifier, ClassifierConfig, save_classifier
@@ -397,6 +406,7 @@ def test_eval_with_a_judge_reports_sample_quality(tiny_run, synthetic_shards, tm
     for key in ("fd_reconstructions", "fd_real_reference", "fd_samples_t0.2", "fd_samples_t1.5"):
         assert math.isfinite(quality[key]) and quality[key] >= -1e-6, key
     assert 0 < quality["mean_face_psnr_t0.2"] < 99 and 0 < quality["mean_face_psnr_decode_zero"] < 99
+    assert 0 < quality["detail_kept_reconstructions"] < 2
     printed = " ".join(capsys.readouterr().out.split())
     assert "Fréchet" in printed and "mean-face" in printed  # rich may wrap the labels
     assert "other readings of H, not the project's" in printed
