@@ -106,7 +106,7 @@ def checks(eval_report: dict, guide_report: dict | None, data: str) -> list[dict
         if summary:
             guided, baseline = summary["guided"][key], summary["mean_difference_matched"][key]
             rows.append({"measure": f"guided edits: {measure}", "value": guided,
-                         "target": f"≤ mean difference's {baseline:.3g}", "met": guided <= baseline})
+                         "target": f"≤ mean difference's {baseline:.4g}", "met": guided <= baseline})
     return rows
 
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for column in ("measure", "value", "target", "met"):
         table.add_column(column, justify="left" if column in ("measure", "target") else "right")
     for row in rows:
-        value = "-" if row["value"] is None else f"{row['value']:.3f}".rstrip("0").rstrip(".")
+        value = "-" if row["value"] is None else f"{row['value']:.4g}"
         met = {True: "[green]yes", False: "[red]no", None: "-"}[row["met"]]
         table.add_row(row["measure"], value, row["target"], met)
     console.print(table)
