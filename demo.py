@@ -6,8 +6,8 @@
 
 Uses the dataset at $CELEBA_ROOT when set, else makes the embedded synthetic CelebA. Training takes the
 trainer's defaults for the device (train/run.py's recipe) with the demo's budget: on CPU cores 3.5 minutes for
-the synthetic faces and the CPU recipe's 20 for real ones, epochs on a GPU. Every step writes into `--work` and is skipped on a re-run when its output is complete; a
-failing step is named and the finished ones are kept.
+the synthetic faces and the CPU recipe's 20 for real ones, epochs on a GPU. Every step writes into `--work` and is
+skipped on a re-run when its output is complete; a failing step is named and the finished ones are kept.
 """
 from __future__ import annotations
 
