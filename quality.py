@@ -101,12 +101,11 @@ def checks(eval_report: dict, guide_report: dict | None, data: str) -> list[dict
         rows.append({"measure": f"guided '{change['change']}': judge successes", "value": guided,
                      "target": f"≥ mean difference's {baseline} (of {len(change['subjects'])})",
                      "met": guided >= baseline})
-    summary = (guide_report or {}).get("summary", {})
-    for key, measure in OFF_TARGET.items():
-        if summary:
-            guided, baseline = summary["guided"][key], summary["mean_difference_matched"][key]
-            rows.append({"measure": f"guided edits: {measure}", "value": guided,
-                         "target": f"≤ mean difference's {baseline:.4g}", "met": guided <= baseline})
+    summary = (guide_report or {}).get("summary")
+    for key, measure in OFF_TARGET.items() if summary else ():
+        guided, baseline = summary["guided"][key], summary["mean_difference_matched"][key]
+        rows.append({"measure": f"guided edits: {measure}", "value": guided,
+                     "target": f"≤ mean difference's {baseline:.4g}", "met": guided <= baseline})
     return rows
 
 

@@ -319,10 +319,16 @@ def principal_axes(deviations: torch.Tensor, unbiased: bool = True) -> tuple[tor
     return eigenvalues[order].clamp_min(0), vectors[:, order]
 
 
+def has_mean_difference(labels: np.ndarray) -> bool:
+    """Whether an attribute's train labels have the 2 positives and 2 negatives a mean-difference direction needs."""
+    positives = int(labels.astype(bool).sum())
+    return positives >= 2 and len(labels) - positives >= 2
+
+
 def mean_difference_direction(mu: torch.Tensor, labels: np.ndarray, attribute: str) -> torch.Tensor:
     """mean mu of the positives minus mean mu of the negatives (train split)."""
     positive = torch.as_tensor(labels.astype(bool), device=mu.device)
-    if positive.sum() < 2 or (~positive).sum() < 2:
+    if not has_mean_difference(labels):
         raise EditError(f"attribute {attribute}: {int(positive.sum())} positive and {int((~positive).sum())} negative "
                         f"train images; a mean-difference direction needs at least 2 of each")
     return mu[positive].mean(0) - mu[~positive].mean(0)

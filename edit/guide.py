@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from common.plots import save_effect_curves, save_grid, save_metric_bars
 from edit.classifier import augment
 from edit.common import (GRID_SCALE, Change, EditContext, EditError, EditSettings, attribute_region, choose_rows,
-                         edit_metrics, mean_difference_direction, parse_changes, principal_axes, region_changes,
-                         to_images)
+                         edit_metrics, has_mean_difference, mean_difference_direction, parse_changes, principal_axes,
+                         region_changes, to_images)
 
 DEFAULT_CHANGES = "add:Eyeglasses,remove:Smiling,add:Bangs,add:Blond_Hair"
 METHODS = ("guided", "mean_difference_matched", "mean_difference_full")
@@ -174,12 +174,13 @@ def orthogonal_projectors(directions: dict[int, torch.Tensor], targets: torch.Te
     attribute but its target (`directions`: attribute index -> [d]); a step P u leaves the other attributes'
     population directions where they were."""
     projectors = []
-    for target in targets.tolist():
+    changes, subject_change = targets.unique(return_inverse=True)  # one projection per change, not per subject
+    for target in changes.tolist():
         others = torch.stack([direction for a, direction in directions.items() if a != target])
         _, singular, vh = torch.linalg.svd(others, full_matrices=False)
         span = vh[singular > singular[0] * 1e-5]  # rank-aware: a latent smaller than the attribute count
         projectors.append(torch.eye(others.shape[1], device=others.device) - span.T @ span)
-    return torch.stack(projectors)
+    return torch.stack(projectors)[subject_change]
 
 
 def mean_difference_latents(towards: torch.Tensor, mu: torch.Tensor,
@@ -206,11 +207,11 @@ def edit_subjects(ctx: EditContext, settings: GuideSettings, changes: list[Chang
     log(f"guiding {len(rows)} latents ({len(changes)} changes x {n} subjects), up to {settings.steps} Adam steps")
     basis = data_basis(mu_train) if settings.latent_metric == "whitened" else None
     train_attributes = ctx.split("train").attributes
-    # Every attribute with at least 2 positive and 2 negative train images has a mean-difference direction.
-    counts = train_attributes.sum(0)
+    # The changes' own attributes must have a direction (or the edit stops, naming it); the others are protected
+    # where they have one.
+    changed = {c.index for c in changes}
     directions = {a: mean_difference_direction(mu_train, train_attributes[:, a], name)
-                  for a, name in enumerate(ctx.names)
-                  if a in targets.tolist() or 2 <= counts[a] <= len(train_attributes) - 2}
+                  for a, name in enumerate(ctx.names) if a in changed or has_mean_difference(train_attributes[:, a])}
     towards = (2 * target_values - 1)[:, None] * torch.stack([directions[t] for t in targets.tolist()])
     unit = towards / towards.norm(dim=1, keepdim=True)
     regions = [attribute_region(ctx, c.index) for c in changes]
